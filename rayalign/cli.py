@@ -1,0 +1,167 @@
+"""The ``rayalign`` command line: train, tune, serve, infer, judge, evaluate, data, models, config, env.
+
+User mistakes (``UserError``) print one ``error: ...`` line and exit 2; ``--debug`` anywhere on the
+command line shows the traceback instead. Config-taking commands accept Oumi-style dotted overrides
+after their options: ``rayalign train -c cfg.yaml --training.learning_rate 1e-4``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from rayalign.errors import NotBuiltError, UserError
+
+app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Validate and make datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="Make and inspect models.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigOpt = typer.Option(..., "-c", "--config", help="recipe YAML file")
+FORMATS = ("sft", "preference", "kto", "prompt", "text")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")) -> None:
+    """rayalign: SFT, pretraining, DPO family, GRPO-family RL, evaluation, serving and an LLM judge."""
+
+
+@app.command(context_settings=OVERRIDES)
+def train(ctx: typer.Context, config: Path = ConfigOpt) -> None:
+    """Train with the recipe's trainer (sft | pretrain | dpo | kto | grpo)."""
+    from rayalign.config_io import load_config
+    from rayalign.data.loading import load_split
+
+    cfg = load_config(config, ctx.args)
+    if cfg.data is None:
+        raise UserError(f"{config}: data: required key is missing (train needs data.train)")
+    for name in ("train", "eval"):
+        split = getattr(cfg.data, name)
+        if split is not None:
+            rows = len(load_split(split, cfg.training.seed))
+            typer.echo(f"data.{name}: {rows} valid '{split.format}' rows")
+    raise NotBuiltError(f"trainer '{cfg.trainer}' is not built yet (config and data are valid)")
+
+
+def _not_built(name: str, what: str) -> None:
+    @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
+    def _cmd(ctx: typer.Context) -> None:
+        raise NotBuiltError(f"'rayalign {name}' is not built yet")
+
+
+for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),
+                     ("serve", "OpenAI-compatible inference on Ray Serve"),
+                     ("infer", "Interactive or batch inference"),
+                     ("judge", "Score a dataset with an LLM judge"),
+                     ("evaluate", "Evaluate a model on tasks")):
+    _not_built(_name, _what)
+
+
+@data_app.command("validate")
+def data_validate(
+    file: str = typer.Argument(..., help="JSONL/JSON/Parquet file, saved dataset dir or hub name"),
+    fmt: str = typer.Option(..., "--format", "-f", help="sft | preference | kto | prompt | text"),
+    max_report: int = typer.Option(20, help="bad rows to list"),
+) -> None:
+    """Check every row of a dataset; list bad rows with their line numbers."""
+    from rayalign.data.loading import validate_file
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    report = validate_file(file, fmt, max_report)
+    for line in report.bad:
+        typer.echo(line)
+    if report.rows == 0:
+        raise UserError(f"{file}: dataset is empty")
+    if report.bad_count:
+        shown = f" (first {len(report.bad)} shown)" if report.bad_count > len(report.bad) else ""
+        typer.echo(f"{file}: {report.bad_count} of {report.rows} rows are bad{shown}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{file}: {report.rows} rows, all valid '{fmt}'")
+
+
+@data_app.command("make")
+def data_make(
+    task: str = typer.Argument(..., help="letter_count | arithmetic | countdown"),
+    n: int = typer.Option(100, "--n", min=1, help="rows"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .jsonl"),
+    fmt: str = typer.Option("prompt", "--format", "-f", help="sft | preference | kto | prompt | text"),
+    seed: int = typer.Option(0, help="generator seed"),
+) -> None:
+    """Generate a built-in verifiable task as JSONL in any data format."""
+    from rayalign.data.tasks import TASKS, generate, to_row
+
+    if task not in TASKS:
+        raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for i, ex in enumerate(generate(task, n, seed)):
+            f.write(json.dumps(to_row(ex, fmt, i)) + "\n")
+    typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}")
+
+
+@models_app.command("create-tiny")
+def models_create_tiny(
+    out: Path = typer.Argument(..., help="output directory"),
+    arch: str = typer.Option("qwen2", help="qwen2 | llama"),
+    layers: int = typer.Option(2, min=1), hidden: int = typer.Option(128, min=64),
+    vocab: int = typer.Option(1024, help="BPE vocabulary size (upper bound)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a tiny random HF model with a task-trained BPE tokenizer (loads in HF and vLLM)."""
+    from rayalign.models.tiny import create_tiny
+
+    path = create_tiny(out, arch=arch, layers=layers, hidden=hidden, vocab=vocab, seed=seed)
+    typer.echo(f"tiny {arch} model written to {path}")
+
+
+@config_app.command("explain", context_settings=OVERRIDES)
+def config_explain(ctx: typer.Context, config: Path = ConfigOpt) -> None:
+    """Print the resolved config with each field's doc and the derived batch arithmetic."""
+    from rayalign.config_io import explain, load_config
+
+    typer.echo(explain(load_config(config, ctx.args)))
+
+
+@app.command()
+def env() -> None:
+    """Versions, devices and whether a Ray cluster is reachable."""
+    from rayalign.environment import describe
+
+    typer.echo(describe())
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = app(args=args, prog_name="rayalign", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Typed config sections. Every recipe is one :class:`RecipeConfig` composed of small frozen sections.
+
+Each worker receives only the section it needs (the learner its ``TrainingConfig``, a rollout worker
+its ``RolloutConfig``), never the whole recipe. Extra keys are forbidden everywhere: a typo is an
+error, not a silently ignored setting. Every field carries a one-line doc that ``rayalign config
+explain`` prints next to the resolved value.
+
+Loading (YAML + dotted overrides, errors naming file:line and key path) lives in ``config_io.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
+Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, no extra keys, defaults validated too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="module names to adapt, or 'all-linear' (peft's shorthand)"
+    )
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(..., min_length=1, description="HF hub name or local HF model directory")
+    tokenizer: str | None = Field(None, description="tokenizer name or path; default: same as the model")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="parameter dtype when loading"
+    )
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
+    attn_implementation: str | None = Field("sdpa", description="transformers attention backend")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning")
+
+
+class DatasetSource(Section):
+    path: str = Field(
+        ..., min_length=1,
+        description="local .jsonl/.json/.parquet file, a saved HF dataset dir, or an HF hub name",
+    )
+    split: str = Field("train", description="split to read (hub datasets and saved DatasetDicts)")
+    weight: float = Field(1.0, gt=0, description="mixture weight relative to the other sources")
+    limit: int | None = Field(None, gt=0, description="use only the first N rows")
+
+
+class DataSplitConfig(Section):
+    format: DataFormat = Field(..., description="row format: sft | preference | kto | prompt | text")
+    datasets: list[DatasetSource] = Field(..., min_length=1, description="sources, mixed by weight")
+    mixture: Literal["first_exhausted", "all_exhausted"] = Field(
+        "first_exhausted", description="when a weighted mixture stops (HF interleave_datasets)"
+    )
+    shuffle: bool = Field(True, description="shuffle rows (seeded by training.seed)")
+    max_length: int = Field(1024, gt=0, description="tokens per sequence; longer rows are truncated")
+    packing: bool = Field(False, description="pack several rows into each max_length sequence")
+
+
+class DataConfig(Section):
+    train: DataSplitConfig = Field(..., description="training data")
+    eval: DataSplitConfig | None = Field(None, description="held-out data for eval loss / metrics")
+
+
+class TrainingConfig(Section):
+    output_dir: str = Field("outputs/run", description="where metrics, checkpoints and final model go")
+    seed: int = Field(42, description="seed for data order, init and sampling")
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field("cosine", description="lr schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null disables")
+    micro_batch_size: int = Field(1, gt=0, description="sequences per worker per forward/backward")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro batches per optimizer step")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides num_epochs")
+    num_epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    logging_steps: int = Field(1, gt=0, description="log metrics every N steps")
+    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps; null = at the end")
+    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps; null = at the end")
+    save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; null keeps all")
+    resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint")
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (one torch.distributed rank each)")
+    use_gpu: bool = Field(False, description="one GPU per worker, nccl backend; else CPU with gloo")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker")
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker")
+    strategy: Literal["fsdp", "ddp"] = Field("fsdp", description="fsdp = FSDP2 fully_shard; ddp")
+
+
+class PreferenceConfig(Section):
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "kto"] = Field(
+        "sigmoid", description="DPO-family loss"
+    )
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL constraint")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / robust label noise")
+    reference: Literal["precompute", "online"] = Field(
+        "precompute", description="reference log-probs: one pass before training, or per batch"
+    )
+
+
+class AlgorithmConfig(Section):
+    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = Field(
+        "grpo", description="policy-gradient variant"
+    )
+    prompts_per_step: int = Field(8, gt=0, description="prompts sampled per RL step")
+    group_size: int = Field(4, gt=0, description="completions per prompt (the GRPO group)")
+    mini_batch_size: int | None = Field(
+        None, gt=0, description="samples per optimizer step; null = all samples of the step"
+    )
+    ppo_epochs: int = Field(1, gt=0, description="passes over each step's samples")
+    clip_low: float = Field(0.2, ge=0, description="ratio clip below: 1 - clip_low")
+    clip_high: float = Field(0.2, ge=0, description="ratio clip above: 1 + clip_high (DAPO: 0.28)")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the KL-to-reference term; 0 skips the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
+        "token-mean", description="how token losses reduce to one number"
+    )
+
+
+class RolloutConfig(Section):
+    engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine")
+    num_workers: int = Field(1, gt=0, description="rollout actors, one engine each")
+    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs per rollout actor")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_new_tokens: int = Field(64, gt=0, description="completion length cap")
+    gpu_memory_utilization: float = Field(
+        0.2, gt=0, le=1, description="vLLM memory share (of RAM on CPU builds)"
+    )
+    kv_cache_gib: int = Field(1, gt=0, description="VLLM_CPU_KVCACHE_SPACE for CPU builds")
+
+
+class RewardFnConfig(Section):
+    name: str = Field(..., min_length=1, description="built-in reward name or 'module:function'")
+    weight: float = Field(1.0, description="weight in the summed reward")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
+
+
+class RewardConfig(Section):
+    functions: list[RewardFnConfig] = Field(default_factory=list, description="weighted reward terms")
+    num_workers: int = Field(1, gt=0, description="reward actors")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
+    timeout_s: float = Field(10.0, gt=0, description="per-call timeout; late calls count as failed")
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, gt=0, lt=65536, description="HTTP port")
+    served_model_name: str | None = Field(None, description="name in /v1/models; default: the model path")
+    api_key: str | None = Field(None, description="required Bearer key; null = open")
+    num_replicas: int = Field(1, gt=0, description="Serve replicas (ignored with autoscaling)")
+    autoscaling: bool = Field(False, description="scale between min_replicas and max_replicas")
+    min_replicas: int = Field(1, ge=0, description="autoscaling floor")
+    max_replicas: int = Field(1, gt=0, description="autoscaling ceiling")
+    num_cpus: float = Field(1.0, gt=0, description="Ray CPUs per replica")
+
+
+class TuneConfig(Section):
+    metric: str = Field("eval_loss", description="metric reported by each trial")
+    mode: Literal["min", "max"] = Field("min", description="minimise or maximise the metric")
+    num_samples: int = Field(4, gt=0, description="trials")
+    search_space: dict[str, Any] = Field(
+        default_factory=dict, description="dotted key -> {choice|uniform|loguniform: ...}"
+    )
+    max_concurrent_trials: int = Field(1, gt=0, description="trials running at once")
+
+
+class RecipeConfig(Section):
+    trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | grpo")
+    model: ModelConfig = Field(..., description="the policy model")
+    data: DataConfig | None = Field(None, description="datasets; required by train and evaluate")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="DPO family")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="RL algorithm")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="RL generation")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="RL rewards")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="inference service")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep")
+
+
+TRAINER_DATA_FORMAT: dict[str, str] = {
+    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "grpo": "prompt",
+}
+
+
+def cross_field_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span sections, as (key path, message) pairs; empty when the recipe is coherent."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    want = TRAINER_DATA_FORMAT[cfg.trainer]
+    for split in ("train", "eval"):
+        split_cfg = getattr(cfg.data, split, None) if cfg.data else None
+        if split_cfg is not None and split_cfg.format != want:
+            errors.append((("data", split, "format"),
+                           f"trainer '{cfg.trainer}' needs format '{want}', got '{split_cfg.format}'"))
+    if cfg.serve.autoscaling and cfg.serve.min_replicas > cfg.serve.max_replicas:
+        errors.append((("serve", "min_replicas"),
+                       f"min_replicas {cfg.serve.min_replicas} > max_replicas {cfg.serve.max_replicas}"))
+    return errors

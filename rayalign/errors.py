@@ -1,0 +1,22 @@
+"""User-facing errors: the CLI prints these as one line and exits 2 (``--debug`` shows the traceback).
+
+Everything a user can fix by editing a file or a flag (a bad config key, a bad data row, a missing
+path) raises a subclass of :class:`UserError` whose message already names the place: the file and
+line, the config key path, or the role. Internal bugs raise anything else and keep their traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the message is the whole story, one line."""
+
+
+class ConfigError(UserError):
+    """A config file or override that does not fit the typed config."""
+
+
+class DataError(UserError):
+    """A dataset that is missing, empty, or has a row that does not fit its format."""
+
+
+class NotBuiltError(UserError):
+    """A command or option that exists in the interface but whose implementation has not landed."""
