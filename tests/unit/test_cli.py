@@ -1,0 +1,93 @@
+"""The CLI: one-line errors with exit 2, --debug tracebacks, data/config commands."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rayalign.cli import main
+
+SFT_CFG = """\
+trainer: sft
+model:
+  name_or_path: {model}
+data:
+  train:
+    format: sft
+    datasets:
+      - path: {data}
+"""
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for cmd in ("train", "tune", "serve", "infer", "judge", "evaluate", "data", "models", "config", "env"):
+        assert f" {cmd} " in out
+
+
+@pytest.mark.parametrize("cmd", ["tune", "serve", "infer", "judge", "evaluate"])
+def test_unbuilt_commands_say_so(cmd, capsys):
+    code, out, err = run([cmd, "-c", "x.yaml"], capsys)
+    assert code == 2 and err == f"error: 'rayalign {cmd}' is not built yet\n"
+
+
+def test_data_make_then_validate(tmp_path, capsys):
+    out_file = tmp_path / "d.jsonl"
+    code, out, _ = run(["data", "make", "countdown", "--n", "25", "--format", "sft", "--out", str(out_file)], capsys)
+    assert code == 0 and out.strip() == f"wrote 25 'sft' rows of countdown to {out_file}"
+    assert len(out_file.read_text().splitlines()) == 25
+    code, out, _ = run(["data", "validate", str(out_file), "--format", "sft"], capsys)
+    assert code == 0 and out.strip() == f"{out_file}: 25 rows, all valid 'sft'"
+    code, out, err = run(["data", "validate", str(out_file), "--format", "text"], capsys)
+    assert code == 1
+    assert out.splitlines()[0] == f"{out_file}:1: field 'text' must be a string, got missing"
+    assert len(out.splitlines()) == 20 and "25 of 25 rows are bad (first 20 shown)" in err
+
+
+def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
+    code, _, err = run(["data", "make", "chess", "--out", str(tmp_path / "x.jsonl")], capsys)
+    assert (code, err) == (2, "error: unknown task 'chess' (known: letter_count, arithmetic, countdown)\n")
+    code, _, err = run(["data", "validate", str(tmp_path / "none.jsonl"), "--format", "sft"], capsys)
+    assert (code, err) == (2, f"error: {tmp_path}/none.jsonl: no such file or directory\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name_or_path: m\ntraining:\n  lr: 1\n")
+    code, _, err = run(["config", "explain", "-c", str(cfg)], capsys)
+    assert (code, err) == (2, f"error: {cfg}:4: training.lr: unknown key (known keys: output_dir, seed, "
+                              "learning_rate, lr_scheduler, warmup_steps, weight_decay, max_grad_norm, "
+                              "micro_batch_size, gradient_accumulation_steps, max_steps, num_epochs, "
+                              "logging_steps, eval_steps, save_steps, save_total_limit, resume)\n")
+
+
+def test_train_validates_data_before_anything_runs(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+                    + "\n" + json.dumps({"messages": [{"role": "user", "content": 1}]}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SFT_CFG.format(model="m", data=data))
+    code, _, err = run(["train", "-c", str(cfg)], capsys)
+    assert code == 2
+    assert err.startswith(f"error: {data}:2: field 'messages[0].content' must be a string, got int (format 'sft'")
+    code, _, err = run(["train", "-c", str(cfg), "--data.train.datasets[0].limit", "1",
+                        "--training.micro_batch_size", "x"], capsys)
+    assert err.startswith("error: override --training.micro_batch_size: Input should be a valid integer")
+
+
+def test_console_script_debug_shows_traceback(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "rayalign")
+    bad = [exe, "config", "explain", "-c", str(tmp_path / "missing.yaml")]
+    plain = subprocess.run(bad, capture_output=True, text=True)
+    assert plain.returncode == 2
+    assert plain.stderr == f"error: {tmp_path}/missing.yaml: config file not found\n"
+    debug = subprocess.run(bad + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "ConfigError" in debug.stderr

@@ -1,0 +1,22 @@
+"""Ray lives at the edges: config, data and models never import ray (STYLE.md principle 6).
+Also guards the install: transformers model classes import (no broken torchvision beside torch)."""
+
+import subprocess
+import sys
+
+PURE = ["rayalign.config", "rayalign.config_io", "rayalign.data.formats", "rayalign.data.sources",
+        "rayalign.data.loading", "rayalign.data.tasks", "rayalign.data.tokenize", "rayalign.models.loading",
+        "rayalign.models.tiny"]
+
+
+def test_core_modules_do_not_import_ray():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in PURE)
+            + "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_transformers_model_classes_import():
+    code = "from transformers import Qwen2ForCausalLM, LlamaForCausalLM, AutoModelForCausalLM; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
