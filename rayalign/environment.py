@@ -37,7 +37,7 @@ def _ray_cluster() -> str:
     import ray
 
     try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="ERROR",
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR",
                  log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         return f"none reachable ({str(exc).splitlines()[0][:100]}); train/serve start a local one"
