@@ -91,3 +91,10 @@ def test_console_script_debug_shows_traceback(tmp_path):
     debug = subprocess.run(bad + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
     assert "ConfigError" in debug.stderr
+
+
+def test_create_tiny_rejects_bad_sizes(tmp_path, capsys):
+    code, _, err = run(["models", "create-tiny", str(tmp_path / "m"), "--hidden", "100"], capsys)
+    assert (code, err) == (2, "error: --hidden must be a multiple of 64 (head_dim), got 100\n")
+    code, _, err = run(["models", "create-tiny", str(tmp_path / "m"), "--arch", "gpt2"], capsys)
+    assert (code, err) == (2, "error: --arch must be qwen2 or llama, got 'gpt2'\n")
