@@ -104,6 +104,9 @@ class PreferenceConfig(Section):
     )
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL constraint")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / robust label noise")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO weight of desirable examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO weight of undesirable examples")
     reference: Literal["precompute", "online"] = Field(
         "precompute", description="reference log-probs: one pass before training, or per batch"
     )

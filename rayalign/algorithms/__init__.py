@@ -1,0 +1,1 @@
+"""Pure-torch training math: losses, advantages, KL estimators. Nothing here imports ray."""
