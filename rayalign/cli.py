@@ -28,7 +28,14 @@ app.add_typer(config_app, name="config")
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigOpt = typer.Option(..., "-c", "--config", help="recipe YAML file")
-FORMATS = ("sft", "preference", "kto", "prompt", "text")
+
+
+def _check_format(fmt: str) -> str:
+    from rayalign.data.formats import CHECKS
+
+    if fmt not in CHECKS:
+        raise UserError(f"--format must be one of {', '.join(CHECKS)}, got '{fmt}'")
+    return fmt
 
 
 @app.callback()
@@ -76,9 +83,7 @@ def data_validate(
     """Check every row of a dataset; list bad rows with their line numbers."""
     from rayalign.data.loading import validate_file
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    report = validate_file(file, fmt, max_report)
+    report = validate_file(file, _check_format(fmt), max_report)
     for line in report.bad:
         typer.echo(line)
     if report.rows == 0:
@@ -103,8 +108,7 @@ def data_make(
 
     if task not in TASKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    _check_format(fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for i, ex in enumerate(generate(task, n, seed)):

@@ -98,3 +98,8 @@ def test_create_tiny_rejects_bad_sizes(tmp_path, capsys):
     assert (code, err) == (2, "error: --hidden must be a multiple of 64 (head_dim), got 100\n")
     code, _, err = run(["models", "create-tiny", str(tmp_path / "m"), "--arch", "gpt2"], capsys)
     assert (code, err) == (2, "error: --arch must be qwen2 or llama, got 'gpt2'\n")
+
+
+def test_unknown_format_is_rejected(tmp_path, capsys):
+    code, _, err = run(["data", "make", "arithmetic", "--format", "csv", "--out", str(tmp_path / "x.jsonl")], capsys)
+    assert (code, err) == (2, "error: --format must be one of sft, preference, kto, prompt, text, got 'csv'\n")
