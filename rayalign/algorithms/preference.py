@@ -39,6 +39,11 @@ def _pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) 
     }
 
 
+def _smoothed_nll(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Binary cross-entropy of margin ``z`` with label noise ``eps`` (plain -log sigma(z) at eps 0)."""
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
 def _ratios(pc, pr, rc, rr, beta):
     """Implicit rewards of chosen and rejected, each [B]."""
     return beta * (pc - rc), beta * (pr - rr)
@@ -48,8 +53,7 @@ def sigmoid_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch
                  beta: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, Metrics]:
     """DPO / cDPO. pc, pr: [B] policy log p(chosen), log p(rejected); rc, rr: [B] the reference's."""
     chosen_r, rejected_r = _ratios(pc, pr, rc, rr, beta)
-    z = chosen_r - rejected_r
-    loss = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    loss = _smoothed_nll(chosen_r - rejected_r, label_smoothing)
     return loss.mean(), _pair_metrics(chosen_r, rejected_r)
 
 
@@ -79,8 +83,7 @@ def simpo_loss(pc, pr, chosen_len: torch.Tensor, rejected_len: torch.Tensor, bet
     """SimPO: reference-free, length-normalised; gamma is the target reward margin."""
     chosen_r = beta * pc / chosen_len.clamp(min=1)
     rejected_r = beta * pr / rejected_len.clamp(min=1)
-    z = chosen_r - rejected_r - gamma
-    loss = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    loss = _smoothed_nll(chosen_r - rejected_r - gamma, label_smoothing)
     return loss.mean(), _pair_metrics(chosen_r, rejected_r)
 
 
