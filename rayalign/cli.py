@@ -44,20 +44,19 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for
 
 
 @app.command(context_settings=OVERRIDES)
-def train(ctx: typer.Context, config: Path = ConfigOpt) -> None:
+def train(ctx: typer.Context, config: Path = ConfigOpt,
+          resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in output_dir")) -> None:
     """Train with the recipe's trainer (sft | pretrain | dpo | kto | grpo)."""
     from rayalign.config_io import load_config
-    from rayalign.data.loading import load_split
 
-    cfg = load_config(config, ctx.args)
+    cfg = load_config(config, ctx.args + (["--training.resume", "auto"] if resume else []))
     if cfg.data is None:
         raise UserError(f"{config}: data: required key is missing (train needs data.train)")
-    for name in ("train", "eval"):
-        split = getattr(cfg.data, name)
-        if split is not None:
-            rows = len(load_split(split, cfg.training.seed))
-            typer.echo(f"data.{name}: {rows} valid '{split.format}' rows")
-    raise NotBuiltError(f"trainer '{cfg.trainer}' is not built yet (config and data are valid)")
+    if cfg.trainer == "grpo":
+        raise NotBuiltError("trainer 'grpo' is not built yet (config is valid)")
+    from rayalign.recipes.ray_train import run
+
+    run(cfg, echo=typer.echo)
 
 
 def _not_built(name: str, what: str) -> None:

@@ -31,6 +31,7 @@ class LoraConfig(Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="module names to adapt, or 'all-linear' (peft's shorthand)"
     )
+    save_merged: bool = Field(True, description="also save a merged full model (vLLM-loadable) beside the adapter")
 
 
 class ModelConfig(Section):
@@ -88,6 +89,10 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps; null = at the end")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; null keeps all")
     resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint")
+    stop_after_steps: int | None = Field(
+        None, gt=0, description="end this launch after N steps (checkpointed; --resume continues); "
+        "for time-limited jobs. The schedule still spans max_steps")
+    max_failures: int = Field(0, ge=-1, description="worker-failure restarts from the last checkpoint; -1 = no limit")
 
 
 class ScalingConfig(Section):
@@ -207,6 +212,8 @@ def cross_field_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], s
         if split_cfg is not None and split_cfg.format != want:
             errors.append((("data", split, "format"),
                            f"trainer '{cfg.trainer}' needs format '{want}', got '{split_cfg.format}'"))
+    if cfg.trainer == "dpo" and cfg.preference.loss_type == "kto":
+        errors.append((("preference", "loss_type"), "KTO takes unpaired rows: use trainer: kto"))
     if cfg.serve.autoscaling and cfg.serve.min_replicas > cfg.serve.max_replicas:
         errors.append((("serve", "min_replicas"),
                        f"min_replicas {cfg.serve.min_replicas} > max_replicas {cfg.serve.max_replicas}"))

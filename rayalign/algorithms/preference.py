@@ -117,3 +117,24 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     metrics = {"kl": float(kl), "rewards/chosen": good.detach().mean().item() if len(good) else 0.0,
                "rewards/rejected": bad.detach().mean().item() if len(bad) else 0.0}
     return losses.mean(), metrics
+
+
+# loss_type -> how the config's knobs feed each function. Inputs: per-sequence sums pc, pr (policy) and
+# rc, rr (reference) [B], completion lengths lc, lr [B], and ORPO's mean chosen-token NLL (scalar).
+_PAIR_LOSSES = {
+    "sigmoid": lambda c, pc, pr, rc, rr, lc, lr, nll: sigmoid_loss(pc, pr, rc, rr, c.beta, c.label_smoothing),
+    "ipo": lambda c, pc, pr, rc, rr, lc, lr, nll: ipo_loss(pc, pr, rc, rr, c.beta, lc, lr),
+    "hinge": lambda c, pc, pr, rc, rr, lc, lr, nll: hinge_loss(pc, pr, rc, rr, c.beta),
+    "robust": lambda c, pc, pr, rc, rr, lc, lr, nll: robust_loss(pc, pr, rc, rr, c.beta, c.label_smoothing),
+    "simpo": lambda c, pc, pr, rc, rr, lc, lr, nll: simpo_loss(pc, pr, lc, lr, c.beta, c.simpo_gamma,
+                                                               c.label_smoothing),
+    "orpo": lambda c, pc, pr, rc, rr, lc, lr, nll: orpo_loss(pc, pr, lc, lr, nll, c.beta),
+}
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def pair_loss(cfg, pc, pr, rc, rr, lc, lr, chosen_nll) -> tuple[torch.Tensor, Metrics]:
+    """The paired DPO-family loss named by ``cfg.loss_type`` (a ``PreferenceConfig``)."""
+    if cfg.loss_type not in _PAIR_LOSSES:
+        raise ValueError(f"preference.loss_type '{cfg.loss_type}' is not a paired loss")
+    return _PAIR_LOSSES[cfg.loss_type](cfg, pc, pr, rc, rr, lc, lr, chosen_nll)

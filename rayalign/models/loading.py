@@ -44,3 +44,18 @@ def load_model(cfg: ModelConfig, *, apply_lora: bool = True) -> PreTrainedModel:
             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
         ))
     return model
+
+
+def load_trainable(cfg: ModelConfig, saved: str | None = None) -> PreTrainedModel:
+    """The model to train: from ``cfg``, or the weights saved in a checkpoint's model dir ``saved``.
+
+    Full fine-tuning reloads ``saved`` as the model; LoRA loads the base from ``cfg`` and the saved
+    adapter on top of it (trainable).
+    """
+    if saved is None:
+        return load_model(cfg)
+    if cfg.lora is None:
+        return load_model(cfg.model_copy(update={"name_or_path": saved}))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(cfg, apply_lora=False), saved, is_trainable=True)

@@ -1,0 +1,48 @@
+"""Typed tensor batches passed from the data pipeline to the training step (and between roles).
+
+B = sequences in the micro batch, L = padded length (right padding). ``labels`` hold the token ids the
+loss is taken on and -100 elsewhere (prompt, padding); position t of ``labels`` is predicted from
+positions < t, so the shift happens in ``models.logprobs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class _Batch:
+    def to(self, device: torch.device | str) -> "_Batch":
+        return type(self)(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                             for f in fields(self)})
+
+
+@dataclass
+class SFTBatch(_Batch):
+    input_ids: torch.Tensor       # [B, L] token ids
+    attention_mask: torch.Tensor  # [B, L] 1 = real token
+    labels: torch.Tensor          # [B, L] target ids; -100 = no loss (prompt, padding, weight-0 filler)
+    position_ids: torch.Tensor    # [B, L] restart at 0 per packed document
+
+
+@dataclass
+class PreferenceBatch(_Batch):
+    """Chosen and rejected stacked: rows [0, B) are chosen, [B, 2B) rejected, one forward for both."""
+    input_ids: torch.Tensor       # [2B, L] prompt + completion
+    attention_mask: torch.Tensor  # [2B, L]
+    labels: torch.Tensor          # [2B, L] completion ids, -100 on prompt and padding
+    ref_logps: torch.Tensor       # [2B] sum log pi_ref(completion | prompt); NaN until computed
+    weight: torch.Tensor          # [B] 1 = real pair, 0 = filler that evens out ranks in eval
+
+
+@dataclass
+class KTOBatch(_Batch):
+    """Rows [0, B) are (prompt, completion) pairs; rows [B, 2B) the mismatched KL pairs."""
+    input_ids: torch.Tensor       # [2B, L]
+    attention_mask: torch.Tensor  # [2B, L]
+    labels: torch.Tensor          # [2B, L]
+    ref_logps: torch.Tensor       # [2B] reference log-probs of both halves
+    desirable: torch.Tensor       # [B] bool label of each completion
+    weight: torch.Tensor          # [B] 1 = real row, 0 = filler

@@ -1,0 +1,115 @@
+"""Rows -> token lists (preference and KTO) and token lists -> padded typed batches.
+
+A completion is tokenised apart from its prompt (as TRL does), so the prompt/completion boundary
+never merges into one BPE token. Conversational rows render through the chat template: the prompt
+with the generation prompt, the completion as the rest of the rendered conversation up to the end of
+the turn (its end-of-turn token included, the template's trailing newline not). Flat-string rows are
+used as they are, with EOS appended to the completion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rayalign.batch import KTOBatch, PreferenceBatch, SFTBatch
+from rayalign.data.tokenize import IGNORE, _render
+from rayalign.errors import DataError
+
+Tokens = dict[str, Any]
+
+
+def split_prompt_completion(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any) -> tuple[str, str]:
+    """(prompt text, completion text) for a string pair or a message-list pair."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion + (tokenizer.eos_token or "")
+    prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    completion_msgs = ([{"role": "assistant", "content": completion}] if isinstance(completion, str)
+                       else completion)
+    head = _render(tokenizer, prompt_msgs, True)
+    full = _render(tokenizer, prompt_msgs + completion_msgs, False)
+    if not full.startswith(head):
+        raise DataError("the tokenizer's chat template does not render prompt + completion prefix-stably")
+    return head, full[len(head):].rstrip()
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _fit(prompt: list[int], completion: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Keep the prompt's end and the completion's start so the pair fits ``max_length``."""
+    if len(prompt) + len(completion) <= max_length:
+        return prompt, completion
+    keep_prompt = max(max_length - len(completion), max_length // 2)
+    prompt = prompt[-keep_prompt:] if keep_prompt else []
+    return prompt, completion[: max_length - len(prompt)]
+
+
+def tokenize_preference(tokenizer: PreTrainedTokenizerBase, row: dict, max_length: int) -> Tokens:
+    """``{"chosen": (prompt_ids, completion_ids), "rejected": (...)}`` for one preference row."""
+    out = {}
+    for side in ("chosen", "rejected"):
+        head, tail = split_prompt_completion(tokenizer, row["prompt"], row[side])
+        out[side] = _fit(_ids(tokenizer, head), _ids(tokenizer, tail), max_length)
+    return out
+
+
+def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: Any, max_length: int) -> Tokens:
+    """One KTO row plus its KL pair: the same prompt with another row's completion."""
+    head, tail = split_prompt_completion(tokenizer, row["prompt"], row["completion"])
+    _, kl_tail = split_prompt_completion(tokenizer, row["prompt"], kl_completion)
+    prompt = _ids(tokenizer, head)
+    return {"pair": _fit(prompt, _ids(tokenizer, tail), max_length),
+            "kl": _fit(prompt, _ids(tokenizer, kl_tail), max_length), "label": bool(row["label"])}
+
+
+def _pad(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """(prompt, completion) pairs -> input_ids, attention_mask, labels, each [N, L] right-padded."""
+    width = max(len(p) + len(c) for p, c in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (p, c) in enumerate(seqs):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        labels[i, len(p):n] = torch.tensor(c, dtype=torch.long)
+        mask[i, :n] = 1
+    return ids, mask, labels
+
+
+def _ref(rows: Sequence[Tokens], key: str) -> torch.Tensor:
+    return torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float32)
+
+
+def collate_preference(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> PreferenceBatch:
+    ids, mask, labels = _pad([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
+    return PreferenceBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_chosen"), _ref(rows, "ref_rejected")]),
+                           torch.tensor(weights if weights is not None else [1.0] * len(rows)))
+
+
+def collate_kto(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> KTOBatch:
+    ids, mask, labels = _pad([r["pair"] for r in rows] + [r["kl"] for r in rows], pad_id)
+    return KTOBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_pair"), _ref(rows, "ref_kl")]),
+                    torch.tensor([r["label"] for r in rows]),
+                    torch.tensor(weights if weights is not None else [1.0] * len(rows)))
+
+
+def collate_sft(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> SFTBatch:
+    """SFT / pretraining rows (``input_ids``, ``labels``, optional ``position_ids``); weight 0 masks a row."""
+    width = max(len(r["input_ids"]) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        ids[i, :k] = torch.tensor(r["input_ids"])
+        if weights is None or weights[i]:
+            labels[i, :k] = torch.tensor(r["labels"])
+        mask[i, :k] = 1
+        pos[i, :k] = torch.tensor(r.get("position_ids") or list(range(k)))
+    return SFTBatch(ids, mask, labels, pos)

@@ -1,0 +1,28 @@
+"""Per-token and per-sequence log-probabilities of label tokens under a causal LM."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(labels[t] | < t) for every position, and the mask of positions that count.
+
+    logits: [B, L, V] (position t predicts token t + 1); labels: [B, L] with -100 where ignored.
+    Returns ([B, L-1] log-probs, zero where masked; [B, L-1] bool mask).
+    """
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-token log-probs per sequence [B] and the label-token counts [B]."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logp, mask = token_logps(logits, labels)
+    return logp.sum(-1), mask.sum(-1)

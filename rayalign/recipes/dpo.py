@@ -1,0 +1,54 @@
+"""The DPO family on Ray Train: DPO (sigmoid), cDPO / robust (label noise), IPO, hinge (SLiC),
+SimPO and ORPO (reference-free), and KTO (unpaired rows, ``trainer: kto``).
+
+    rayalign train -c configs/recipes/tiny/dpo.yaml
+    rayalign train -c configs/recipes/tiny/kto.yaml
+
+Losses are the pure functions in ``algorithms/preference.py``. Reference log-probs
+(``preference.reference``):
+- ``precompute`` (default): one pass of the frozen initial model over the tokenised dataset before
+  training, as a Ray Data ``map_batches`` over an actor pool. Why Ray Data rather than a reference
+  actor: it is a batch-inference job (stateless, embarrassingly parallel, sized by its own
+  ``num_cpus``/GPUs), it finishes and frees its resources before the Ray Train workers start, so the
+  reference never shares memory with the policy; and it scales out without code of ours.
+- ``online``: each worker holds a frozen copy and scores every batch (no precompute pass; memory x2).
+Reference-free losses (SimPO, ORPO) skip the reference entirely.
+"""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from rayalign.algorithms.preference import REFERENCE_FREE
+from rayalign.config import DataSplitConfig, RecipeConfig
+from rayalign.data.collate import tokenize_kto, tokenize_preference
+from rayalign.data.loading import load_split
+from rayalign.workers.reference import score_reference
+
+
+def tokenize_split(split: DataSplitConfig, tokenizer, trainer: str, seed: int, name: str) -> list[dict]:
+    rows = load_split(split, seed)
+    out = []
+    for i, row in enumerate(tqdm(rows, desc=f"tokenize {name}", disable=len(rows) < 5000)):
+        if trainer == "kto":  # KL pair: this prompt with the next row's completion (TRL shifts by one too)
+            partner = rows[(i + 1) % len(rows)]["completion"]
+            out.append(tokenize_kto(tokenizer, row, partner, split.max_length))
+        else:
+            out.append(tokenize_preference(tokenizer, row, split.max_length))
+    return out
+
+
+def prepare(cfg: RecipeConfig, tokenizer) -> tuple[list[dict], list[dict] | None]:
+    """Tokenised rows, with reference log-probs attached when the loss needs them precomputed."""
+    seed = cfg.training.seed
+    train = tokenize_split(cfg.data.train, tokenizer, cfg.trainer, seed, "train")
+    evals = tokenize_split(cfg.data.eval, tokenizer, cfg.trainer, seed, "eval") if cfg.data.eval else None
+    needs_ref = cfg.trainer == "kto" or cfg.preference.loss_type not in REFERENCE_FREE
+    if needs_ref and cfg.preference.reference == "precompute":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+        train = score_reference(cfg, train, tokenizer.pad_token_id)
+        evals = score_reference(cfg, evals, tokenizer.pad_token_id) if evals else None
+    return train, evals

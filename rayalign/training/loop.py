@@ -1,0 +1,187 @@
+"""The training loop every Ray Train worker runs for SFT, pretraining and the DPO family.
+
+Pure torch + torch.distributed: Ray reaches in only through :class:`Hooks` (restore a checkpoint,
+report metrics + a checkpoint, draw a progress bar), so the loop reads as plain data-parallel training:
+
+    for step: rows of the step -> micro batches -> loss / global units -> backward (sync on the last)
+              -> clip -> optimizer + scheduler -> log -> eval every eval_steps -> save every save_steps
+
+Data position: the order of the training rows is a pure function of (seed, epoch), and global step s
+takes rows [s*G, (s+1)*G) of the endless sequence of epochs (G = global batch), split over workers and
+micro batches. Each step reseeds torch from (seed, step, rank). So a checkpoint's step count restores
+the data position and the RNG exactly, and N steps straight equal N/2 + resume + N/2.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import get_scheduler
+
+from rayalign.checkpoint import MODEL, TrainerState, load_training_state, save_model_dir, save_training_state
+from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
+from rayalign.metrics import MetricsLog
+from rayalign.models.loading import load_model, load_tokenizer, load_trainable
+from rayalign.training import sharding
+from rayalign.training.batching import DataOrder, evaluate, step_micro_batches
+from rayalign.training.objectives import Objective, make_objective
+
+
+@dataclass
+class LoopSpec:
+    """What a worker needs: its config sections and the tokenised rows (shared via the object store)."""
+    trainer: str
+    model: ModelConfig
+    training: TrainingConfig
+    preference: PreferenceConfig
+    strategy: str
+    use_gpu: bool
+    torch_threads: int | None
+    max_steps: int
+    train_rows: list[dict]
+    eval_rows: list[dict] | None = None
+    shuffle: bool = True
+
+
+@dataclass
+class Hooks:
+    restored: str | None = None  # a local checkpoint directory to resume from
+    report: Callable[[dict, Path | None, str], None] = lambda metrics, ckpt, name: None
+    progress: Callable[..., Any] | None = None  # tqdm-like factory (rank 0)
+    extra: dict = field(default_factory=dict)
+
+
+_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _build(spec: LoopSpec, restored: str | None, device: torch.device):
+    torch.manual_seed(spec.training.seed)  # LoRA init must match on every rank
+    model = load_trainable(spec.model, str(Path(restored) / MODEL) if restored else None)
+    model.train()
+    model = sharding.wrap(model, spec.strategy, device)
+    t = spec.training
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
+                                  weight_decay=t.weight_decay)
+    scheduler = get_scheduler(_SCHEDULERS[t.lr_scheduler], optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=spec.max_steps)
+    state = TrainerState()
+    if restored:
+        opt_state, sched_state, state = load_training_state(restored)
+        sharding.load_optimizer_state(model, optimizer, opt_state)
+        scheduler.load_state_dict(sched_state)
+    return model, optimizer, scheduler, state
+
+
+def _reference(spec: LoopSpec, device: torch.device):
+    """Online reference log-probs: a frozen copy of the initial policy on every worker."""
+    if spec.trainer not in ("dpo", "kto") or spec.preference.reference != "online":
+        return None
+    ref = load_model(spec.model, apply_lora=False).to(device).eval().requires_grad_(False)
+
+    def logps(ids, mask, labels):
+        from rayalign.models.logprobs import sequence_logps
+
+        with torch.no_grad():
+            return sequence_logps(ref, ids, mask, labels)[0]
+    return logps
+
+
+def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
+    """Run (or continue) training to ``spec.max_steps`` or this launch's ``stop_after_steps``."""
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    rank, world = sharding.world()
+    device = _device(spec.use_gpu)
+    t = spec.training
+    model, optimizer, scheduler, state = _build(spec, hooks.restored, device)
+    tokenizer = load_tokenizer(spec.model)
+    objective = make_objective(spec.trainer, spec.preference, _reference(spec, device), device)
+    order = DataOrder(len(spec.train_rows), t.micro_batch_size * t.gradient_accumulation_steps * world,
+                      t.seed, spec.shuffle)
+    stop_at = min(spec.max_steps, state.step + (t.stop_after_steps or spec.max_steps))
+    log = MetricsLog(t.output_dir, state.step) if rank == 0 else None
+    bar = hooks.progress(total=spec.max_steps, desc="train") if rank == 0 and hooks.progress else None
+    if bar is not None:
+        bar.update(state.step)
+    while state.step < stop_at:
+        torch.manual_seed(t.seed * 1_000_003 + state.step * 1009 + rank)
+        batches = step_micro_batches(spec, order, state.step, rank, world, tokenizer.pad_token_id)
+        metrics = _optimizer_step(model, objective, batches, optimizer, scheduler, t.max_grad_norm, device)
+        state.step += 1
+        state.samples_seen += order.global_batch
+        state.epoch = state.samples_seen / order.n
+        metrics["epoch"] = state.epoch
+        if spec.eval_rows and (state.step == spec.max_steps or (t.eval_steps and state.step % t.eval_steps == 0)):
+            metrics.update(evaluate(model, objective, spec.eval_rows, t.micro_batch_size, rank, world,
+                                    tokenizer.pad_token_id, spec.trainer, device))
+        if log and (state.step % t.logging_steps == 0 or state.step == stop_at):
+            log.log(state.step, metrics)
+        if bar is not None:
+            bar.set_description(f"train loss {metrics['loss']:.4f}")
+            bar.update(1)
+        if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
+            _save(spec, model, optimizer, scheduler, state, tokenizer, hooks, metrics, rank)
+    if log:
+        log.close()
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, max_grad_norm, device) -> dict:
+    """One optimizer step over this worker's micro batches; metrics averaged over all workers."""
+    start = time.perf_counter()
+    units = sum(objective.units(b) for b in batches)
+    total_units = sharding.all_reduce_sum([units], device)[0]
+    world = sharding.world()[1]
+    loss_sum, tokens, sums = 0.0, 0.0, {}
+    for i, batch in enumerate(batches):
+        batch = batch.to(device)
+        with sharding.gradient_sync(model, i == len(batches) - 1):
+            loss, metrics = objective.loss(model, batch)
+            (loss * world / total_units).backward()
+        loss_sum += loss.item()
+        tokens += float(batch.attention_mask.sum())
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value / len(batches)
+    lr = scheduler.get_last_lr()[0]
+    grad_norm = sharding.clip_grad_norm(model, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    keys = sorted(sums)
+    reduced = sharding.all_reduce_sum([loss_sum, tokens] + [sums[k] for k in keys], device)
+    elapsed = time.perf_counter() - start
+    out = {"loss": reduced[0] / total_units, "lr": lr, "grad_norm": grad_norm,
+           "tokens_per_s": reduced[1] / elapsed, "step_time_s": elapsed}
+    out.update({k: v / world for k, v in zip(keys, reduced[2:])})
+    return out
+
+
+def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
+    model_state = sharding.full_model_state(model)  # collectives: every rank takes part
+    optim_state = sharding.full_optimizer_state(model, optimizer)
+    tmp = None
+    if rank == 0:
+        tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
+        merge_from = (lambda: load_model(spec.model, apply_lora=False)) if (
+            spec.model.lora and spec.model.lora.save_merged) else None
+        save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
+        save_training_state(tmp, optim_state, scheduler, state)
+    hooks.report({"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))
+                                         and math.isfinite(v)}}, tmp, f"checkpoint-{state.step:06d}")
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
