@@ -73,14 +73,14 @@ def main() -> None:
     print("[2/5] data + [3/5] validation")
     paths = make_data(out)
     print("[4/5] recipes")
-    sft = load_config(RECIPES / "sft_letter_count.yaml", [
+    sft = load_config(RECIPES / "sft.yaml", [
         "--model.name_or_path", str(model_dir),
         "--data.train.datasets[0].path", str(paths["letter_count_sft"]),
         "--data.eval.datasets[0].path", str(paths["letter_count_sft_eval"]),
         "--training.output_dir", str(out / "sft"),
     ])
     print(explain(sft))
-    grpo = load_config(RECIPES / "grpo_letter_count.yaml", [
+    grpo = load_config(RECIPES / "grpo.yaml", [
         "--model.name_or_path", str(out / "sft" / "final"),
         "--data.train.datasets[0].path", str(paths["letter_count_prompt"]),
         "--training.output_dir", str(out / "grpo"),

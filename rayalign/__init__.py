@@ -3,7 +3,7 @@
 The Python API for driver scripts starts from a recipe::
 
     from rayalign import load_config, with_overrides, explain
-    cfg = load_config("configs/recipes/tiny/sft_letter_count.yaml", ["--training.max_steps", "20"])
+    cfg = load_config("configs/recipes/tiny/sft.yaml", ["--training.max_steps", "20"])
     cfg = with_overrides(cfg, {"training.learning_rate": 1e-4})
 
 Map: ``config.py`` (typed sections) and ``config_io.py`` (YAML, overrides, explain); ``data/`` (formats,

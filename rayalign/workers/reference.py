@@ -43,7 +43,9 @@ class ReferenceScorer:
 def score_reference(cfg: RecipeConfig, rows: list[dict], pad_id: int) -> list[dict]:
     """``rows`` with their reference log-probs added (keys per trainer, see ``_HALVES``)."""
     s = cfg.scaling
-    scored = ray.data.range(len(rows)).map_batches(
+    # from_items: the index blocks come from the driver, so no read task competes with the actor pool
+    # for CPUs (ray.data.range's read task deadlocks when the pool takes every CPU of a small machine)
+    scored = ray.data.from_items([{"id": i} for i in range(len(rows))]).map_batches(
         ReferenceScorer, batch_size=max(cfg.training.micro_batch_size, 8), concurrency=s.num_workers,
         num_cpus=s.cpus_per_worker, num_gpus=1 if s.use_gpu else 0,
         fn_constructor_args=(cfg.model, [ray.put(rows)], pad_id, "kto" if cfg.trainer == "kto" else "dpo",
