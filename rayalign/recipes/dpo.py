@@ -22,12 +22,10 @@ from tqdm import tqdm
 from rayalign.algorithms.preference import REFERENCE_FREE
 from rayalign.config import DataSplitConfig, RecipeConfig
 from rayalign.data.collate import tokenize_kto, tokenize_preference
-from rayalign.data.loading import load_split
 from rayalign.workers.reference import score_reference
 
 
-def tokenize_split(split: DataSplitConfig, tokenizer, trainer: str, seed: int, name: str) -> list[dict]:
-    rows = load_split(split, seed)
+def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str, name: str) -> list[dict]:
     out = []
     for i, row in enumerate(tqdm(rows, desc=f"tokenize {name}", disable=len(rows) < 5000)):
         if trainer == "kto":  # KL pair: this prompt with the next row's completion (TRL shifts by one too)
@@ -38,11 +36,10 @@ def tokenize_split(split: DataSplitConfig, tokenizer, trainer: str, seed: int, n
     return out
 
 
-def prepare(cfg: RecipeConfig, tokenizer) -> tuple[list[dict], list[dict] | None]:
+def prepare(cfg: RecipeConfig, tokenizer, splits: dict) -> tuple[list[dict], list[dict] | None]:
     """Tokenised rows, with reference log-probs attached when the loss needs them precomputed."""
-    seed = cfg.training.seed
-    train = tokenize_split(cfg.data.train, tokenizer, cfg.trainer, seed, "train")
-    evals = tokenize_split(cfg.data.eval, tokenizer, cfg.trainer, seed, "eval") if cfg.data.eval else None
+    train = tokenize_split(splits["train"], cfg.data.train, tokenizer, cfg.trainer, "train")
+    evals = tokenize_split(splits["eval"], cfg.data.eval, tokenizer, cfg.trainer, "eval") if cfg.data.eval else None
     needs_ref = cfg.trainer == "kto" or cfg.preference.loss_type not in REFERENCE_FREE
     if needs_ref and cfg.preference.reference == "precompute":
         import ray

@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign.checkpoint import MODEL, TrainerState, read_state
 from rayalign.config import RecipeConfig
+from rayalign.data.loading import load_split
 from rayalign.errors import UserError
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
@@ -78,8 +79,9 @@ def _check_resources(cfg: RecipeConfig) -> None:
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early)."""
     out = Path(cfg.training.output_dir).resolve()
-    tokenizer = load_tokenizer(cfg.model)
-    train_rows, eval_rows = PREPARE[cfg.trainer](cfg, tokenizer)  # data errors surface before Ray starts
+    splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
+              for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
+    train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
     if not ray.is_initialized():
         ray.init()
     _check_resources(cfg)

@@ -16,13 +16,11 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from rayalign.config import DataSplitConfig, RecipeConfig
-from rayalign.data.loading import load_split
 from rayalign.data.tokenize import IGNORE, pack, tokenize_conversation, tokenize_text
 from rayalign.errors import DataError
 
 
-def tokenize_split(split: DataSplitConfig, tokenizer, trainer: str, seed: int, name: str) -> list[dict]:
-    rows = load_split(split, seed)
+def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str, name: str) -> list[dict]:
     out = []
     for row in tqdm(rows, desc=f"tokenize {name}", disable=len(rows) < 5000):
         if trainer == "sft":
@@ -39,9 +37,8 @@ def tokenize_split(split: DataSplitConfig, tokenizer, trainer: str, seed: int, n
     return kept
 
 
-def prepare(cfg: RecipeConfig, tokenizer) -> tuple[list[dict], list[dict] | None]:
+def prepare(cfg: RecipeConfig, tokenizer, splits: dict) -> tuple[list[dict], list[dict] | None]:
     """(train rows, eval rows) as token lists for ``training.loop``."""
-    seed = cfg.training.seed
-    train = tokenize_split(cfg.data.train, tokenizer, cfg.trainer, seed, "train")
-    evals = tokenize_split(cfg.data.eval, tokenizer, cfg.trainer, seed, "eval") if cfg.data.eval else None
+    train = tokenize_split(splits["train"], cfg.data.train, tokenizer, cfg.trainer, "train")
+    evals = tokenize_split(splits["eval"], cfg.data.eval, tokenizer, cfg.trainer, "eval") if cfg.data.eval else None
     return train, evals

@@ -6,7 +6,9 @@ import sys
 
 PURE = ["rayalign.algorithms.preference", "rayalign.config", "rayalign.config_io", "rayalign.data.formats", "rayalign.data.sources",
         "rayalign.data.loading", "rayalign.data.tasks", "rayalign.data.tokenize", "rayalign.models.loading",
-        "rayalign.models.tiny"]
+        "rayalign.models.tiny", "rayalign.models.logprobs", "rayalign.batch", "rayalign.checkpoint",
+        "rayalign.metrics", "rayalign.data.collate", "rayalign.training.loop", "rayalign.training.objectives",
+        "rayalign.training.sharding", "rayalign.training.batching"]
 
 
 def test_core_modules_do_not_import_ray():
