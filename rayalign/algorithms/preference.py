@@ -87,11 +87,16 @@ def simpo_loss(pc, pr, chosen_len: torch.Tensor, rejected_len: torch.Tensor, bet
     return loss.mean(), _pair_metrics(chosen_r, rejected_r)
 
 
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable near 0 (where a confident model's mean log-prob sits)."""
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 def orpo_loss(pc, pr, chosen_len: torch.Tensor, rejected_len: torch.Tensor, chosen_nll: torch.Tensor,
               beta: float) -> tuple[torch.Tensor, Metrics]:
     """ORPO: SFT NLL on chosen plus beta x the odds-ratio term. chosen_nll: scalar mean token NLL."""
     avg_c, avg_r = pc / chosen_len.clamp(min=1), pr / rejected_len.clamp(min=1)
-    log_odds = (avg_c - avg_r) - (torch.log1p(-torch.exp(avg_c)) - torch.log1p(-torch.exp(avg_r)))
+    log_odds = (avg_c - avg_r) - (_log1mexp(avg_c) - _log1mexp(avg_r))
     ratio = F.logsigmoid(log_odds)
     loss = chosen_nll - beta * ratio.mean()
     metrics = _pair_metrics(beta * avg_c, beta * avg_r)
