@@ -28,8 +28,8 @@ from rayalign.workers.reference import score_reference
 def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str, name: str) -> list[dict]:
     out = []
     for i, row in enumerate(tqdm(rows, desc=f"tokenize {name}", disable=len(rows) < 5000)):
-        if trainer == "kto":  # KL pair: this prompt with the next row's completion (TRL shifts by one too)
-            partner = rows[(i + 1) % len(rows)]["completion"]
+        if trainer == "kto":  # KL pair: this prompt with the previous row's completion (TRL's shift)
+            partner = rows[i - 1]["completion"]
             out.append(tokenize_kto(tokenizer, row, partner, split.max_length))
         else:
             out.append(tokenize_preference(tokenizer, row, split.max_length))
