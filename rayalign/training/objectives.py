@@ -50,6 +50,14 @@ class PreferenceObjective:
     def units(self, batch: PreferenceBatch) -> float:
         return float(batch.input_ids.shape[0] // 2)
 
+    def _chosen_nll(self, logits, input_ids, attention_mask) -> torch.Tensor:
+        """ORPO's SFT term: mean NLL of every chosen token, prompt included (the ORPO authors' default,
+        as TRL does); zero for the other losses."""
+        if self.cfg.loss_type != "orpo":
+            return torch.zeros((), device=logits.device)
+        logp, mask = token_logps(logits, input_ids.masked_fill(attention_mask == 0, -100))
+        return -logp.sum() / mask.sum().clamp(min=1)
+
     def _ref(self, batch) -> torch.Tensor:
         if self.cfg.loss_type in P.REFERENCE_FREE:
             return torch.zeros_like(batch.ref_logps)
@@ -58,10 +66,12 @@ class PreferenceObjective:
         return batch.ref_logps
 
     def loss(self, model, batch: PreferenceBatch) -> tuple[torch.Tensor, Metrics]:
-        logps, lens = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logp, mask = token_logps(logits, batch.labels)
+        logps, lens = logp.sum(-1), mask.sum(-1)
         ref = self._ref(batch)
         b = logps.shape[0] // 2
-        chosen_nll = -logps[:b].sum() / lens[:b].sum().clamp(min=1)
+        chosen_nll = self._chosen_nll(logits[:b], batch.input_ids[:b], batch.attention_mask[:b])
         loss, metrics = P.pair_loss(self.cfg, logps[:b], logps[b:], ref[:b], ref[b:], lens[:b], lens[b:],
                                     chosen_nll)
         metrics["logps/chosen"] = logps[:b].detach().mean().item()
