@@ -76,8 +76,30 @@ def _check_resources(cfg: RecipeConfig) -> None:
                         f"has {have.get('GPU', 0):g}")
 
 
+def _local_paths(cfg: RecipeConfig) -> RecipeConfig:
+    """Make local model paths absolute: Ray Train workers run in their own working directory."""
+    update = {key: str(Path(value).resolve()) for key in ("name_or_path", "tokenizer")
+              if (value := getattr(cfg.model, key)) and Path(value).exists()}
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)}) if update else cfg
+
+
+def _fit(trainer: TorchTrainer):
+    """``trainer.fit()``; a user error raised inside a worker comes back as that one-line error."""
+    from ray.train import WorkerGroupError
+
+    try:
+        return trainer.fit()
+    except WorkerGroupError as exc:
+        for rank, failure in sorted(exc.worker_failures.items()):
+            cause = getattr(failure, "cause", None) or failure
+            if isinstance(cause, UserError):
+                raise UserError(f"Ray Train worker rank {rank}: {cause}") from exc
+        raise
+
+
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early)."""
+    cfg = _local_paths(cfg)
     out = Path(cfg.training.output_dir).resolve()
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
@@ -107,7 +129,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit)),
     )
-    result = trainer.fit()
+    result = _fit(trainer)
     last = Path(result.checkpoint.path) if result.checkpoint else None
     if last is None or read_state(last).step < max_steps:
         echo(f"stopped after step {read_state(last).step if last else 0} of {max_steps}; "

@@ -131,3 +131,19 @@ def test_lora_adapter_saved_and_loadable_with_peft(ray_local, tiny_model_dir, ta
         assert torch.allclose(lora(ids).logits, merged(ids).logits, atol=1e-4)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         assert not torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-4)
+
+
+def test_ddp_and_fsdp2_give_the_same_model(ray_local, tiny_model_dir, task_files, tmp_path):
+    finals = [run(build(recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / s, max_steps=2),
+                        scaling={"strategy": s})) for s in ("ddp", "fsdp")]
+    wd, wf = (weights(f) for f in finals)
+    assert max((wd[k] - wf[k]).abs().max().item() for k in wd) < 1e-5
+
+
+def test_too_few_cpus_is_reported_before_training(ray_local, tiny_model_dir, task_files, tmp_path):
+    cfg = build(recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "big"),
+                scaling={"num_workers": 3, "cpus_per_worker": 1})
+    with pytest.raises(UserError, match=r"scaling: Ray Train workers need 3 x 1.0 CPUs = 3.0 but the Ray "
+                                        r"cluster has 2"):
+        run(cfg)
+    assert not (tmp_path / "big").exists()
