@@ -7,7 +7,10 @@ The Python API for driver scripts starts from a recipe::
     cfg = with_overrides(cfg, {"training.learning_rate": 1e-4})
 
 Map: ``config.py`` (typed sections) and ``config_io.py`` (YAML, overrides, explain); ``data/`` (formats,
-sources, loading, tasks, tokenize); ``models/`` (loading, tiny-model factory); ``cli.py``.
+sources, loading, tasks, tokenize, collate); ``models/`` (loading, tiny-model factory, logprobs);
+``algorithms/`` (pure-torch losses); ``batch.py``; ``training/`` (the per-worker loop, objectives,
+sharding); ``checkpoint.py``; ``metrics.py``; ``workers/`` (Ray actors); ``recipes/`` (drivers:
+``ray_train.run(cfg)`` trains SFT / pretrain / DPO family / KTO on Ray Train); ``cli.py``.
 """
 
 from rayalign.config import RecipeConfig

@@ -18,7 +18,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +55,6 @@ class Hooks:
     restored: str | None = None  # a local checkpoint directory to resume from
     report: Callable[[dict, Path | None, str], None] = lambda metrics, ckpt, name: None
     progress: Callable[..., Any] | None = None  # tqdm-like factory (rank 0)
-    extra: dict = field(default_factory=dict)
 
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
