@@ -1,0 +1,59 @@
+"""The one generation interface every consumer uses (RL rollout, serve, infer, judge).
+
+Prompts go in as token ids (the caller renders chat templates, so RL, serving and evaluation tokenise
+the same way); each prompt yields ``n`` :class:`Completion`s with the sampled token ids and the
+log-probability of each sampled token under the engine's weights (raw model log-probs, before
+temperature / top-p: the numbers the learner recomputes for the mismatch metric and the PPO ratio).
+
+``load_weights`` replaces the engine's weights with the learner's (full, unsharded tensors by HF
+parameter name); ``fingerprint`` is a cheap summary of the weights the engine is actually running, equal
+to :func:`weights_fingerprint` of the same tensors, so a missed or partial sync is caught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1                    # completions per prompt
+    temperature: float = 1.0      # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = None       # per-request seed; None = engine's stream
+    stop: tuple[str, ...] = ()    # stop strings (the EOS / end-of-turn token always stops)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]                                  # sampled tokens, stop token included if hit
+    logprobs: list[float] = field(default_factory=list)   # log pi(token_t | prefix), one per token_ids
+    text: str = ""
+    finish_reason: str = "length"                         # "stop" | "length"
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
+        """For each prompt (token ids), ``spec.n`` completions."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights (HF names, full tensors) in place."""
+
+    def fingerprint(self) -> tuple[float, float]:
+        """(sum, sum of squares) over the running weights, float64; see ``weights_fingerprint``."""
+
+
+def weights_fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[float, float]:
+    """(sum, sum of squares) of every element, in float64. Both are invariant to how an engine fuses,
+    transposes or repacks its weights (e.g. q/k/v into one qkv matrix), so an engine can compute it on
+    its own layout and compare with the learner's HF tensors. Shared tensors must be passed once."""
+    total, squares = 0.0, 0.0
+    for t in tensors:
+        t = t.detach().to(torch.float64)
+        total += t.sum().item()
+        squares += (t * t).sum().item()
+    return total, squares
