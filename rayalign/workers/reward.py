@@ -1,0 +1,131 @@
+"""Reward workers: a pool of Ray actors scoring completions with the configured reward functions.
+
+Every call of a reward function runs under ``reward.timeout_s``: a function that raises, hangs or kills
+its process is reported with its name and the sample, its samples count as failed (reward 0 for that
+term, ``failed`` set), and the run goes on. A hung call leaves its thread behind, so the actor that ran
+it is replaced; a dead actor is replaced too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from rayalign.config import RewardConfig
+from rayalign.rewards.registry import WeightedReward
+
+
+@dataclass
+class Sample:
+    prompt: Any                                   # the row's prompt (string or messages)
+    completion: str
+    metadata: dict = field(default_factory=dict)  # the row's other fields
+
+
+@dataclass
+class Scored:
+    reward: float
+    parts: dict[str, float]
+    failures: list[str] = field(default_factory=list)  # "fn 'name' timed out after 10s" ...
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures)
+
+
+def _describe(sample: Sample) -> str:
+    text = sample.completion if len(sample.completion) < 80 else sample.completion[:77] + "..."
+    return f"prompt {str(sample.prompt)[:80]!r}, completion {text!r}"
+
+
+class RewardWorker:
+    """One actor: scores samples term by term, each call bounded by ``timeout_s``."""
+
+    def __init__(self, cfg: RewardConfig):
+        self.reward, self.timeout = WeightedReward(cfg.functions), cfg.timeout_s
+        self.threads = cf.ThreadPoolExecutor(max_workers=1)
+        self.hung = False
+
+    def ready(self) -> bool:
+        return True
+
+    def _call(self, fn, kwargs: dict, sample: Sample) -> tuple[float, str | None]:
+        future = self.threads.submit(fn, sample.prompt, sample.completion, **{**sample.metadata, **kwargs})
+        try:
+            return float(future.result(timeout=self.timeout)), None
+        except cf.TimeoutError:
+            self.hung = True  # the thread cannot be stopped: new calls get a fresh one, the owner restarts us
+            self.threads = cf.ThreadPoolExecutor(max_workers=1)
+            return 0.0, f"timed out after {self.timeout:g}s"
+        except Exception as exc:  # a user function's bug must not end the run
+            return 0.0, f"raised {type(exc).__name__}: {exc}"
+
+    def score(self, samples: list[Sample]) -> tuple[list[Scored], bool]:
+        """(scores, whether a call hung and this actor should be replaced)."""
+        out = []
+        for sample in samples:
+            parts, failures = {}, []
+            for name, _, fn, kwargs in self.reward.terms:
+                parts[name], problem = self._call(fn, kwargs, sample)
+                if problem:
+                    failures.append(f"reward fn '{name}' {problem} on {_describe(sample)}")
+            total = sum(w * parts[name] for name, w, _, _ in self.reward.terms)
+            out.append(Scored(total, parts, failures))
+        return out, self.hung
+
+
+class RewardPool:
+    """``reward.num_workers`` actors at ``reward.num_cpus`` each; ``score`` splits samples across them."""
+
+    def __init__(self, cfg: RewardConfig, start_timeout_s: float = 60.0):
+        WeightedReward(cfg.functions)  # unknown names / imports fail here, as one line, before any actor
+        self.cfg, self.start_timeout = cfg, start_timeout_s
+        # 'module:fn' rewards import in the actors as they do here: same Python path (on a cluster, ship
+        # the module with the job's runtime_env working_dir / py_modules)
+        self.runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+        self.actors = [self._spawn() for _ in range(cfg.num_workers)]
+
+    def _spawn(self):
+        actor = ray.remote(RewardWorker).options(num_cpus=self.cfg.num_cpus,
+                                                 runtime_env=self.runtime_env).remote(self.cfg)
+        try:
+            ray.get(actor.ready.remote(), timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(actor)
+            raise RuntimeError(f"reward worker: not placed within {self.start_timeout:g}s; the cluster lacks "
+                               f"reward.num_cpus={self.cfg.num_cpus} free CPUs (other roles hold them)") from None
+        return actor
+
+    def score(self, samples: list[Sample]) -> list[Scored]:
+        chunks = [samples[i::len(self.actors)] for i in range(len(self.actors))]
+        refs = [actor.score.remote(chunk) for actor, chunk in zip(self.actors, chunks)]
+        # a whole chunk may take at most every term of every sample hitting its timeout, plus slack
+        limit = self.cfg.timeout_s * max(1, len(self.cfg.functions)) * max(len(c) for c in chunks) + 30
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=limit)
+        results: list[list[Scored]] = []
+        for i, (ref, chunk) in enumerate(zip(refs, chunks)):
+            try:
+                scored, hung = ray.get(ref, timeout=0) if ref in done else ([], True)
+                if len(scored) != len(chunk):
+                    raise TimeoutError(f"no answer within {limit:g}s")
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError) as exc:
+                reason = str(exc).splitlines()[0][:200]
+                scored, hung = [Scored(0.0, {}, [f"reward worker {i} failed ({reason}) on {_describe(s)}"])
+                                for s in chunk], True
+            if hung:
+                ray.kill(self.actors[i])
+                self.actors[i] = self._spawn()
+            results.append(scored)
+        out: list[Scored] = [None] * len(samples)  # type: ignore[list-item]
+        for i, scored in enumerate(results):
+            out[i::len(self.actors)] = scored
+        return out
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

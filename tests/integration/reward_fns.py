@@ -1,0 +1,22 @@
+"""User reward functions for the reward-pool test, imported by path ('reward_fns:hang')."""
+
+import os
+import time
+
+
+def hang(prompt, completion, **_):
+    if "slow" in completion:
+        time.sleep(300)
+    return 1.0
+
+
+def crash(prompt, completion, **_):
+    if "bad" in completion:
+        raise ValueError("cannot score this")
+    return 0.5
+
+
+def die(prompt, completion, **_):
+    if "die" in completion:
+        os._exit(1)
+    return 0.25

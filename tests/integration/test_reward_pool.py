@@ -1,0 +1,66 @@
+"""The reward worker pool on a real Ray: built-in rewards in parallel, and a user function that hangs,
+raises or kills its process is reported with its name and sample, counted as failed, and the pool
+keeps working."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from rayalign.config import RewardConfig, RewardFnConfig
+from rayalign.data.tasks import generate, to_row
+
+
+@pytest.fixture(scope="module")
+def pool_factory(ray_local):
+    from rayalign.workers.reward import RewardPool
+
+    here = os.path.dirname(__file__)
+    ray_local.get(ray_local.remote(lambda: None).remote())  # Ray up
+    sys.path.insert(0, here)
+    pools = []
+
+    def make(functions, timeout_s=2.0, workers=2):
+        cfg = RewardConfig(functions=[RewardFnConfig(**f) for f in functions], num_workers=workers,
+                           num_cpus=0.25, timeout_s=timeout_s)
+        pools.append(RewardPool(cfg))
+        return pools[-1]
+    yield make
+    for p in pools:
+        p.shutdown()
+
+
+def test_builtin_rewards_in_parallel(pool_factory):
+    from rayalign.workers.reward import Sample
+
+    pool = pool_factory([{"name": "letter_count"}, {"name": "format_regex", "weight": 0.5}])
+    samples = []
+    for ex in generate("letter_count", 10, 3):
+        meta = {k: v for k, v in to_row(ex, "prompt").items() if k != "prompt"}
+        samples += [Sample(ex.prompt, ex.solution, meta), Sample(ex.prompt, ex.wrong, meta),
+                    Sample(ex.prompt, "no idea", meta)]
+    scored = pool.score(samples)
+    assert [s.reward for s in scored] == [1.5, 0.5, 0.0] * 10  # order kept across the 2 workers
+    assert not any(s.failed for s in scored)
+
+
+def test_hung_crashing_and_dying_functions_are_reported(pool_factory):
+    from rayalign.workers.reward import Sample
+
+    pool = pool_factory([{"name": "reward_fns:hang"}, {"name": "reward_fns:crash"}], timeout_s=1.0)
+    start = time.time()
+    scored = pool.score([Sample("q", "fine"), Sample("q", "slow"), Sample("q", "bad"), Sample("q", "fine too")])
+    assert time.time() - start < 30
+    assert [s.failed for s in scored] == [False, True, True, False]
+    assert scored[0].reward == 1.5 and scored[2].reward == 1.0  # hang ok (1.0) + crash failed (0)
+    assert scored[1].failures == ["reward fn 'reward_fns:hang' timed out after 1s on prompt 'q', completion 'slow'"]
+    assert scored[2].failures == ["reward fn 'reward_fns:crash' raised ValueError: cannot score this on "
+                                  "prompt 'q', completion 'bad'"]
+    assert [s.reward for s in pool.score([Sample("q", "fine")] * 4)] == [1.5] * 4  # replaced actor works
+
+    dying = pool_factory([{"name": "reward_fns:die"}], timeout_s=1.0)
+    scored = dying.score([Sample("q", "ok"), Sample("q", "die")])
+    assert scored[0].reward == 0.25 and not scored[0].failed
+    assert scored[1].failed and scored[1].failures[0].startswith("reward worker 1 failed (")
+    assert [s.reward for s in dying.score([Sample("q", "ok")] * 2)] == [0.25, 0.25]
