@@ -12,6 +12,7 @@ to :func:`weights_fingerprint` of the same tensors, so a missed or partial sync 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -57,3 +58,16 @@ def weights_fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[float, float]:
         total += t.sum().item()
         squares += (t * t).sum().item()
     return total, squares
+
+
+def check_sync(engine_fp: tuple[float, float], learner_fp: tuple[float, float],
+               rel: float = 1e-6) -> None:
+    """Raise unless the engine runs the learner's weights: equal fingerprints to ``rel``. The learner
+    must fingerprint the tensors as sent (same dtype as the engine's). The sum may cancel to near zero,
+    so it may also differ by up to ``rel`` times the weights' norm, sqrt(sum of squares)."""
+    norm = math.sqrt(abs(learner_fp[1]))
+    same = (math.isclose(engine_fp[0], learner_fp[0], rel_tol=rel, abs_tol=rel * norm)
+            and math.isclose(engine_fp[1], learner_fp[1], rel_tol=rel))
+    if not same:  # NaN / inf fail too (a half-loaded fused layer in vLLM runs uninitialised memory)
+        raise RuntimeError(f"weight sync check failed: engine fingerprint (sum, sum of squares) "
+                           f"{engine_fp} != learner {learner_fp} (rel tol {rel})")

@@ -4,7 +4,7 @@ Also guards the install: transformers model classes import (no broken torchvisio
 import subprocess
 import sys
 
-PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalign.algorithms.advantages", "rayalign.rewards.builtin", "rayalign.rewards.registry", "rayalign.config", "rayalign.config_io", "rayalign.data.formats", "rayalign.data.sources",
+PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalign.algorithms.advantages", "rayalign.engines.base", "rayalign.rewards.builtin", "rayalign.rewards.registry", "rayalign.config", "rayalign.config_io", "rayalign.data.formats", "rayalign.data.sources",
         "rayalign.data.loading", "rayalign.data.tasks", "rayalign.data.tokenize", "rayalign.models.loading",
         "rayalign.models.tiny", "rayalign.models.logprobs", "rayalign.batch", "rayalign.checkpoint",
         "rayalign.metrics", "rayalign.data.collate", "rayalign.training.loop", "rayalign.training.objectives",

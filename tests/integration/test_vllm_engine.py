@@ -1,0 +1,140 @@
+"""The vLLM engine on the tiny model, one engine for the module (~25 s to start): n samples per prompt
+whose log-probs are the raw model's (transformers recomputes them), seeds, weight loading checked by
+the fingerprint, a partial sync caught by ``check_sync``, and stopping at EOS ids and stop strings."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rayalign.config import ModelConfig
+from rayalign.engines.base import SamplingSpec, check_sync, weights_fingerprint
+from rayalign.engines.vllm_engine import VLLMEngine
+
+PROMPT = "<|im_start|>user\nHow many 'r' in 'strawberry'?<|im_end|>\n<|im_start|>assistant\n"
+# longer than vLLM CPU's 128-token KV block, so a prefix cache kept across a weight load would show
+LONG_PROMPT = "<|im_start|>user\n" + "Spell the word strawberry backwards, then count. " * 8 + "<|im_end|>\n"
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    engine = VLLMEngine(ModelConfig(name_or_path=str(tiny_model_dir)), max_model_len=512)
+    yield engine
+    engine.close()  # before the next module starts its own engine
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def reference(model, prompt, tokens):
+    """transformers' log-probs of every vocabulary entry at each completion position: [T, V]."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def max_logprob_diff(model, prompt, completion):
+    tokens = completion.token_ids
+    expected = reference(model, prompt, tokens)[torch.arange(len(tokens)), tokens]
+    return (torch.tensor(completion.logprobs) - expected).abs().max().item()
+
+
+def learner_fingerprint(model):
+    """What the learner computes: each distinct tensor once (lm_head is embed_tokens, tied)."""
+    return weights_fingerprint({p.data_ptr(): p for p in model.parameters()}.values())
+
+
+def perturbed(model, seed, scale=0.02):
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def test_samples_with_raw_logprobs(engine, hf, tiny_tokenizer):
+    prompts = [ids(tiny_tokenizer, PROMPT), ids(tiny_tokenizer, PROMPT)[:5]]
+    stop_ids = set(hf.generation_config.eos_token_id)
+    for temperature in (1.0, 0.7):  # raw log-probs: the same numbers whatever the temperature
+        spec = SamplingSpec(n=3, temperature=temperature, max_new_tokens=12, seed=1)
+        out = engine.generate(prompts, spec)
+        assert [len(group) for group in out] == [3, 3]
+        for prompt, group in zip(prompts, out):
+            assert len({tuple(c.token_ids) for c in group}) > 1  # each of the n draws its own tokens
+            for c in group:
+                assert 1 <= len(c.token_ids) <= 12 and len(c.logprobs) == len(c.token_ids)
+                assert max_logprob_diff(hf, prompt, c) < TOL
+                assert c.finish_reason == ("stop" if c.token_ids[-1] in stop_ids else "length")
+        again = engine.generate(prompts, spec)
+        assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in out]
+
+
+def test_load_weights_moves_engine_to_learner(engine, hf, tiny_tokenizer):
+    prompts = [ids(tiny_tokenizer, LONG_PROMPT), ids(tiny_tokenizer, PROMPT)]
+    greedy = SamplingSpec(n=2, temperature=0, max_new_tokens=8)
+    engine.generate(prompts, greedy)  # fills the prefix cache with the old weights' KV
+    original = engine.fingerprint()
+    check_sync(original, learner_fingerprint(hf))
+
+    learner = perturbed(hf, seed=0)
+    engine.load_weights(learner.state_dict().items())
+    check_sync(engine.fingerprint(), learner_fingerprint(learner))
+    with pytest.raises(RuntimeError, match="weight sync check failed"):
+        check_sync(engine.fingerprint(), original)
+    for prompt, (first, second) in zip(prompts, engine.generate(prompts, greedy)):
+        assert first.token_ids == second.token_ids
+        assert max_logprob_diff(learner, prompt, first) < TOL
+        ref = reference(learner, prompt, first.token_ids)
+        # greedy picked the learner's argmax (up to near-ties between the two implementations)
+        assert all(ref[t].max() - ref[t, tok] < TOL for t, tok in enumerate(first.token_ids))
+
+
+def test_partial_sync_is_caught(engine, hf):
+    learner = perturbed(hf, seed=1)
+    state, expected = learner.state_dict(), learner_fingerprint(learner)
+    # down_proj alone in its layer: vLLM keeps the old matrix (and only logs a warning). q_proj is
+    # fused into qkv_proj: vLLM rebuilds the fused matrix with the q rows uninitialised memory.
+    for missing in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+        engine.load_weights((name, t) for name, t in state.items() if name != missing)
+        with pytest.raises(RuntimeError, match="weight sync check failed"):
+            check_sync(engine.fingerprint(), expected)
+    engine.load_weights(state.items())
+    check_sync(engine.fingerprint(), expected)
+
+
+def test_stops_at_eos_ids_and_stop_strings(engine, hf, tiny_tokenizer):
+    prompt = ids(tiny_tokenizer, "<|im_start|>user\nHow many 'r' in 'strawberry'?")  # no stop id inside
+    state = dict(hf.state_dict())
+    engine.load_weights(state.items())
+    greedy = SamplingSpec(temperature=0, max_new_tokens=12)
+    first = engine.generate([prompt], greedy)[0][0].token_ids[0]
+    # stop ids: the tokenizer's EOS (<|im_end|>) and generation_config's other eos id (<|endoftext|>).
+    assert tiny_tokenizer.pad_token_id in hf.generation_config.eos_token_id
+    # Scaling the first greedy token's embedding row 10x into the stop id's row (tied: also the output
+    # row) makes that id the argmax at step one; the prompt does not contain it, so nothing else moves.
+    for stop_id in (tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id):
+        embed = state["model.embed_tokens.weight"].clone()
+        embed[stop_id] = 10 * embed[first]
+        engine.load_weights({**state, "model.embed_tokens.weight": embed, "lm_head.weight": embed}.items())
+        c = engine.generate([prompt], greedy)[0][0]
+        assert (c.token_ids, c.finish_reason) == ([stop_id], "stop")
+    engine.load_weights(state.items())
+    # a stop string: the first 2 printable characters of a seeded sample that do not occur earlier in
+    # it (sampled, as greedy text here repeats one token); the same seed then stops right before them
+    free = engine.generate([prompt], SamplingSpec(temperature=1.0, max_new_tokens=16, seed=3))[0][0]
+    assert free.finish_reason == "length"
+    text = free.text
+    cut = next(i for i in range(1, len(text) - 1)
+               if text[i:i + 2].isprintable() and text[i:i + 2] not in text[:i + 1])
+    c = engine.generate([prompt], SamplingSpec(temperature=1.0, max_new_tokens=16, seed=3,
+                                               stop=(text[cut:cut + 2],)))[0][0]
+    assert (c.text, c.finish_reason) == (text[:cut], "stop") and len(c.token_ids) < 16
