@@ -18,6 +18,7 @@ import ray
 
 from rayalign.config import RewardConfig
 from rayalign.rewards.registry import WeightedReward
+from rayalign.workers.group import spawn
 
 
 @dataclass
@@ -91,15 +92,8 @@ class RewardPool:
         self.actors = [self._spawn() for _ in range(cfg.num_workers)]
 
     def _spawn(self):
-        actor = ray.remote(RewardWorker).options(num_cpus=self.cfg.num_cpus,
-                                                 runtime_env=self.runtime_env).remote(self.cfg)
-        try:
-            ray.get(actor.ready.remote(), timeout=self.start_timeout)
-        except ray.exceptions.GetTimeoutError:
-            ray.kill(actor)
-            raise RuntimeError(f"reward worker: not placed within {self.start_timeout:g}s; the cluster lacks "
-                               f"reward.num_cpus={self.cfg.num_cpus} free CPUs (other roles hold them)") from None
-        return actor
+        return spawn(RewardWorker, 1, role="reward worker", num_cpus=self.cfg.num_cpus, args=(self.cfg,),
+                     runtime_env=self.runtime_env, timeout_s=self.start_timeout)[0]
 
     def score(self, samples: list[Sample]) -> list[Scored]:
         chunks = [samples[i::len(self.actors)] for i in range(len(self.actors))]
