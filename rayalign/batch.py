@@ -23,7 +23,7 @@ class _Batch:
 class SFTBatch(_Batch):
     input_ids: torch.Tensor       # [B, L] token ids
     attention_mask: torch.Tensor  # [B, L] 1 = real token
-    labels: torch.Tensor          # [B, L] target ids; -100 = no loss (prompt, padding, weight-0 filler)
+    labels: torch.Tensor          # [B, L] target ids; -100 = no loss (prompt, padding)
     position_ids: torch.Tensor    # [B, L] restart at 0 per packed document
 
 
@@ -34,7 +34,6 @@ class PreferenceBatch(_Batch):
     attention_mask: torch.Tensor  # [2B, L]
     labels: torch.Tensor          # [2B, L] completion ids, -100 on prompt and padding
     ref_logps: torch.Tensor       # [2B] sum log pi_ref(completion | prompt); NaN until computed
-    weight: torch.Tensor          # [B] 1 = real pair, 0 = filler that evens out ranks in eval
 
 
 @dataclass
@@ -45,4 +44,18 @@ class KTOBatch(_Batch):
     labels: torch.Tensor          # [2B, L]
     ref_logps: torch.Tensor       # [2B] reference log-probs of both halves
     desirable: torch.Tensor       # [B] bool label of each completion
-    weight: torch.Tensor          # [B] 1 = real row, 0 = filler
+
+
+@dataclass
+class RolloutBatch(_Batch):
+    """One RL step's samples (N = prompts x group_size), from the driver to the reference and learner.
+
+    Per-token fields are aligned with ``models.logprobs.token_logps``: column t scores token t + 1 of
+    ``input_ids``, and ``completion_mask`` marks the sampled completion tokens.
+    """
+    input_ids: torch.Tensor        # [N, L] prompt + completion, right-padded
+    attention_mask: torch.Tensor   # [N, L] 1 = real token
+    completion_mask: torch.Tensor  # [N, L-1] 1 where column t scores a sampled completion token
+    rollout_logps: torch.Tensor    # [N, L-1] log pi_rollout(token) as the engine sampled it; 0 elsewhere
+    advantages: torch.Tensor       # [N] one per completion, broadcast over its tokens
+    ref_logps: torch.Tensor | None = None  # [N, L-1] log pi_ref(token); None when kl_coef = 0

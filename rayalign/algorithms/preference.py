@@ -23,6 +23,8 @@ Formulas (papers; the reference-based ones take the log-ratio margin
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -104,9 +106,11 @@ def orpo_loss(pc, pr, chosen_len: torch.Tensor, rejected_len: torch.Tensor, chos
     return loss, metrics
 
 
-def kto_kl(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
-    """KTO's reference point z: mean log-ratio on mismatched (prompt, completion) pairs, >= 0, no grad."""
-    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+def kto_kl(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor,
+           reduce: Callable[[torch.Tensor], torch.Tensor] = lambda z: z) -> torch.Tensor:
+    """KTO's reference point z: mean log-ratio on mismatched (prompt, completion) pairs, >= 0, no grad.
+    ``reduce`` averages the mean over data-parallel workers before the clamp (as TRL gathers it)."""
+    return reduce((policy_kl_logps - ref_kl_logps).detach().mean()).clamp(min=0)
 
 
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,

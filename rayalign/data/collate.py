@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rayalign.batch import KTOBatch, PreferenceBatch, SFTBatch
+from rayalign.batch import KTOBatch, PreferenceBatch, RolloutBatch, SFTBatch
 from rayalign.data.tokenize import IGNORE, _render
 from rayalign.errors import DataError
 
@@ -66,7 +66,7 @@ def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: A
             "kl": _fit(prompt, _ids(tokenizer, kl_tail), max_length), "label": bool(row["label"])}
 
 
-def _pad(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+def pad_pairs(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     """(prompt, completion) pairs -> input_ids, attention_mask, labels, each [N, L] right-padded."""
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -84,21 +84,19 @@ def _ref(rows: Sequence[Tokens], key: str) -> torch.Tensor:
     return torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float32)
 
 
-def collate_preference(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> PreferenceBatch:
-    ids, mask, labels = _pad([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
-    return PreferenceBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_chosen"), _ref(rows, "ref_rejected")]),
-                           torch.tensor(weights if weights is not None else [1.0] * len(rows)))
+def collate_preference(rows: Sequence[Tokens], pad_id: int) -> PreferenceBatch:
+    ids, mask, labels = pad_pairs([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
+    return PreferenceBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_chosen"), _ref(rows, "ref_rejected")]))
 
 
-def collate_kto(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> KTOBatch:
-    ids, mask, labels = _pad([r["pair"] for r in rows] + [r["kl"] for r in rows], pad_id)
+def collate_kto(rows: Sequence[Tokens], pad_id: int) -> KTOBatch:
+    ids, mask, labels = pad_pairs([r["pair"] for r in rows] + [r["kl"] for r in rows], pad_id)
     return KTOBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_pair"), _ref(rows, "ref_kl")]),
-                    torch.tensor([r["label"] for r in rows]),
-                    torch.tensor(weights if weights is not None else [1.0] * len(rows)))
+                    torch.tensor([r["label"] for r in rows]))
 
 
-def collate_sft(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | None = None) -> SFTBatch:
-    """SFT / pretraining rows (``input_ids``, ``labels``, optional ``position_ids``); weight 0 masks a row."""
+def collate_sft(rows: Sequence[Tokens], pad_id: int) -> SFTBatch:
+    """SFT / pretraining rows (``input_ids``, ``labels``, optional ``position_ids``)."""
     width = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -108,8 +106,17 @@ def collate_sft(rows: Sequence[Tokens], pad_id: int, weights: Sequence[float] | 
     for i, r in enumerate(rows):
         k = len(r["input_ids"])
         ids[i, :k] = torch.tensor(r["input_ids"])
-        if weights is None or weights[i]:
-            labels[i, :k] = torch.tensor(r["labels"])
+        labels[i, :k] = torch.tensor(r["labels"])
         mask[i, :k] = 1
         pos[i, :k] = torch.tensor(r.get("position_ids") or list(range(k)))
     return SFTBatch(ids, mask, labels, pos)
+
+
+def collate_rollout(samples: Sequence[tuple[list[int], list[int], list[float]]], advantages: torch.Tensor,
+                    pad_id: int) -> RolloutBatch:
+    """(prompt ids, completion ids, the engine's log-prob of each completion token) -> a RolloutBatch."""
+    ids, mask, labels = pad_pairs([(p, c) for p, c, _ in samples], pad_id)
+    logps = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+    for i, (p, c, lp) in enumerate(samples):
+        logps[i, len(p) - 1: len(p) - 1 + len(c)] = torch.tensor(lp, dtype=torch.float32)
+    return RolloutBatch(ids, mask, (labels[:, 1:] != IGNORE).long(), logps, advantages.float())

@@ -12,14 +12,14 @@ from typing import Iterable
 import torch
 
 from rayalign.config import ModelConfig
-from rayalign.data.collate import _pad
+from rayalign.data.collate import pad_pairs
 from rayalign.engines.base import Completion, SamplingSpec, weights_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
 from rayalign.models.logprobs import token_logps
 
 
 def unique_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
-    """Parameters and buffers-free weights, each shared tensor once (tied embeddings)."""
+    """The module's parameters, each shared tensor once (tied embeddings)."""
     seen, out = set(), []
     for p in module.parameters():
         if p.data_ptr() not in seen:
@@ -56,7 +56,7 @@ class HFEngine:
 
     @torch.no_grad()
     def _logprobs(self, prompt: list[int], samples: list[list[int]]) -> list[list[float]]:
-        ids, mask, labels = _pad([(prompt, s) for s in samples], self.tokenizer.pad_token_id)
+        ids, mask, labels = pad_pairs([(prompt, s) for s in samples], self.tokenizer.pad_token_id)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         logp, _ = token_logps(logits, labels.to(self.device))
         start = len(prompt) - 1  # logp[:, t] scores token t + 1

@@ -131,13 +131,14 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     )
     result = _fit(trainer)
     last = Path(result.checkpoint.path) if result.checkpoint else None
-    if last is None or read_state(last).step < max_steps:
-        echo(f"stopped after step {read_state(last).step if last else 0} of {max_steps}; "
+    state = read_state(last) if last else TrainerState()
+    if state.step < max_steps:
+        echo(f"stopped after step {state.step} of {max_steps}; "
              f"continue with --resume (checkpoints in {out / RUN_NAME})")
         return None
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(last / MODEL, final)
-    (out / "trainer_state.json").write_text(json.dumps(read_state(last).__dict__))
+    (out / "trainer_state.json").write_text(json.dumps(state.__dict__))
     echo(f"final model in {final}")
     return final

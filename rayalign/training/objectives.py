@@ -15,7 +15,7 @@ import torch
 from rayalign.algorithms import preference as P
 from rayalign.batch import KTOBatch, PreferenceBatch, SFTBatch
 from rayalign.config import PreferenceConfig
-from rayalign.models.logprobs import sequence_logps, token_logps
+from rayalign.models.logprobs import IGNORE, sequence_logps, token_logps
 
 Metrics = dict[str, float]
 
@@ -29,7 +29,7 @@ class SFTObjective:
     """Next-token NLL on label tokens (assistant turns for SFT, everything for pretraining)."""
 
     def units(self, batch: SFTBatch) -> float:
-        return float((batch.labels[:, 1:] != -100).sum())
+        return float((batch.labels[:, 1:] != IGNORE).sum())
 
     def loss(self, model, batch: SFTBatch) -> tuple[torch.Tensor, Metrics]:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -97,8 +97,7 @@ class KTOObjective:
         ref = batch.ref_logps if self.reference is None else self.reference(
             batch.input_ids, batch.attention_mask, batch.labels)
         b = batch.desirable.shape[0]
-        # z: the mean KL-pair log-ratio over all workers, then clamped (as kto_kl does on one worker)
-        kl = self.kl_reduce((logps[b:].detach() - ref[b:]).mean()).clamp(min=0)
+        kl = P.kto_kl(logps[b:], ref[b:], self.kl_reduce)
         loss, metrics = P.kto_loss(logps[:b], ref[:b], batch.desirable, kl, self.cfg.beta,
                                    self.cfg.desirable_weight, self.cfg.undesirable_weight)
         return loss * b, metrics

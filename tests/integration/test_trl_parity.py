@@ -154,7 +154,7 @@ def _pair_inputs(trainer, toks, batch):
 def _rayalign(objective, model, batch):
     with torch.no_grad():
         loss_sum, metrics = objective.loss(model, batch)
-    return loss_sum.item() / batch.weight.shape[0], metrics
+    return loss_sum.item() / (batch.input_ids.shape[0] // 2), metrics
 
 
 def _report(name, ours, theirs):
