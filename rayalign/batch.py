@@ -18,6 +18,12 @@ class _Batch:
         return type(self)(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
                              for f in fields(self)})
 
+    def select(self, rows: list[int]) -> "_Batch":
+        """The given rows (dim 0) of every tensor field."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return type(self)(**{f.name: (v[index] if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                             for f in fields(self)})
+
 
 @dataclass
 class SFTBatch(_Batch):

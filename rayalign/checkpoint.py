@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 MODEL, OPTIMIZER, SCHEDULER, STATE = "model", "optimizer.pt", "scheduler.pt", "trainer_state.json"
+RUN_NAME = "checkpoints"  # OUTPUT_DIR/checkpoints/checkpoint-NNNNNN
 
 
 @dataclass
@@ -58,3 +59,9 @@ def load_training_state(path: str | Path) -> tuple[dict, dict, TrainerState]:
     path = Path(path)
     return (torch.load(path / OPTIMIZER, weights_only=False), torch.load(path / SCHEDULER, weights_only=False),
             read_state(path))
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(output_dir) / RUN_NAME
+    return sorted(p.parent for p in root.glob("checkpoint-*/trainer_state.json"))

@@ -53,9 +53,9 @@ def train(ctx: typer.Context, config: Path = ConfigOpt,
     if cfg.data is None:
         raise UserError(f"{config}: data: required key is missing (train needs data.train)")
     if cfg.trainer == "grpo":
-        raise NotBuiltError("trainer 'grpo' is not built yet (config is valid)")
-    from rayalign.recipes.ray_train import run
-
+        from rayalign.recipes.grpo import run
+    else:
+        from rayalign.recipes.ray_train import run
     run(cfg, echo=typer.echo)
 
 

@@ -132,14 +132,25 @@ class AlgorithmConfig(Section):
     kl_coef: float = Field(0.0, ge=0, description="weight of the KL-to-reference term; 0 skips the reference")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
-        "token-mean", description="how token losses reduce to one number"
+        "token-mean", description="how token losses reduce to one number (grpo, rloo, reinforce_pp)"
     )
+    dynamic_sampling: bool = Field(
+        False, description="drop groups whose rewards are all equal (DAPO); they carry no gradient")
+    overlong_buffer: int | None = Field(
+        None, gt=0, description="DAPO overlong penalty: reward falls to -1 over the last N tokens "
+        "before rollout.max_new_tokens; null = off")
+
+
+class ReferenceConfig(Section):
+    colocate: bool = Field(False, description="hold the reference inside each learner actor, not its own actor")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the reference actor")
 
 
 class RolloutConfig(Section):
     engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine")
     num_workers: int = Field(1, gt=0, description="rollout actors, one engine each")
     num_cpus: float = Field(0.5, gt=0, description="Ray CPUs per rollout actor")
+    num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (1 for CUDA vLLM)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(64, gt=0, description="completion length cap")
@@ -194,6 +205,7 @@ class RecipeConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="RL algorithm")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="RL generation")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="RL rewards")
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="RL reference model")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="inference service")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep")
 
@@ -214,7 +226,26 @@ def cross_field_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], s
                            f"trainer '{cfg.trainer}' needs format '{want}', got '{split_cfg.format}'"))
     if cfg.trainer == "dpo" and cfg.preference.loss_type == "kto":
         errors.append((("preference", "loss_type"), "KTO takes unpaired rows: use trainer: kto"))
+    if cfg.trainer == "grpo":
+        errors += _rl_errors(cfg)
     if cfg.serve.autoscaling and cfg.serve.min_replicas > cfg.serve.max_replicas:
         errors.append((("serve", "min_replicas"),
                        f"min_replicas {cfg.serve.min_replicas} > max_replicas {cfg.serve.max_replicas}"))
+    return errors
+
+
+def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    a = cfg.algorithm
+    if not cfg.reward.functions:
+        errors.append((("reward", "functions"), "online RL needs at least one reward function"))
+    if a.name == "rloo" and a.group_size < 2:
+        errors.append((("algorithm", "group_size"), "rloo needs group_size >= 2 (leave-one-out baseline)"))
+    if a.name == "dapo" and a.kl_coef > 0:
+        errors.append((("algorithm", "kl_coef"), "dapo has no KL term (the DAPO paper drops it); set 0 or use grpo"))
+    if cfg.data and cfg.rollout.max_new_tokens >= cfg.data.train.max_length:
+        errors.append((("rollout", "max_new_tokens"), f"must be below data.train.max_length "
+                       f"({cfg.data.train.max_length}), the prompt + completion budget"))
+    if a.overlong_buffer and a.overlong_buffer > cfg.rollout.max_new_tokens:
+        errors.append((("algorithm", "overlong_buffer"), "must not exceed rollout.max_new_tokens"))
     return errors

@@ -1,4 +1,5 @@
-"""Run outputs every trainer shares: ``metrics.jsonl`` (one object per logged step), TensorBoard events.
+"""Run outputs every trainer shares: ``metrics.jsonl`` (one object per logged step), TensorBoard events,
+and the phase timer of the RL driver.
 
 Written by rank 0 only. On resume the log is cut back to the restored step, so steps that ran after the
 last checkpoint (and will run again) are not listed twice.
@@ -6,8 +7,10 @@ last checkpoint (and will run again) are not listed twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -16,6 +19,21 @@ METRICS_FILE = "metrics.jsonl"
 def read_metrics(output_dir: str | Path) -> list[dict]:
     path = Path(output_dir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class PhaseTimer:
+    """``with timer("generate"): ...`` records ``time_generate_s``; ``seconds`` holds every phase."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time_{phase}_s"] = time.perf_counter() - start
 
 
 class MetricsLog:

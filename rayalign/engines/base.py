@@ -25,7 +25,7 @@ class SamplingSpec:
     temperature: float = 1.0      # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 64
-    seed: int | None = None       # per-request seed; None = engine's stream
+    seed: int | None = None       # prompt j samples with seed + j * n (reproducible); None = engine's stream
     stop: tuple[str, ...] = ()    # stop strings (the EOS / end-of-turn token always stops)
 
 
@@ -46,6 +46,9 @@ class GenerationEngine(Protocol):
 
     def fingerprint(self) -> tuple[float, float]:
         """(sum, sum of squares) over the running weights, float64; see ``weights_fingerprint``."""
+
+    def close(self) -> None:
+        """Release the engine's processes and memory."""
 
 
 def weights_fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[float, float]:

@@ -37,9 +37,9 @@ class HFEngine:
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos.add(self.tokenizer.eos_token_id)
 
-    def _sample(self, prompt: list[int], spec: SamplingSpec) -> list[list[int]]:
+    def _sample(self, prompt: list[int], spec: SamplingSpec, index: int) -> list[list[int]]:
         if spec.seed is not None:
-            torch.manual_seed(spec.seed)
+            torch.manual_seed(spec.seed + index * spec.n)
         greedy = spec.temperature == 0
         ids = torch.tensor([prompt] * (spec.n if greedy else 1), device=self.device)  # greedy: n copies
         out = self.model.generate(
@@ -64,8 +64,8 @@ class HFEngine:
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         results = []
-        for prompt in prompts:
-            samples = self._sample(prompt, spec)
+        for index, prompt in enumerate(prompts):
+            samples = self._sample(prompt, spec, index)
             logprobs = self._logprobs(prompt, samples) if any(samples) else [[] for _ in samples]
             results.append([Completion(
                 token_ids=s, logprobs=lp, text=self.tokenizer.decode(s, skip_special_tokens=True),
@@ -84,3 +84,6 @@ class HFEngine:
 
     def fingerprint(self) -> tuple[float, float]:
         return weights_fingerprint(unique_tensors(self.model))
+
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process."""

@@ -28,12 +28,14 @@ from rayalign.engines import vllm_ext
 from rayalign.engines.base import Completion, SamplingSpec
 
 
-def sampling_params(spec: SamplingSpec) -> SamplingParams:
+def sampling_params(spec: SamplingSpec, index: int = 0) -> SamplingParams:
     # temperature 0 is greedy in vLLM too (it then ignores top_p). A seed makes a request reproducible
-    # whatever else is batched with it; child i of an n-sample request uses seed + i.
+    # whatever else is batched with it; prompt ``index`` gets seed + index * n so no two prompts share
+    # a random stream (vLLM gives child i of an n-sample request seed + i).
+    seed = None if spec.seed is None else spec.seed + index * spec.n
     return SamplingParams(
         n=1 if spec.temperature == 0 else spec.n, temperature=spec.temperature, top_p=spec.top_p,
-        max_tokens=spec.max_new_tokens, seed=spec.seed, stop=list(spec.stop), logprobs=0)
+        max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=0)
 
 
 def copies_per_prompt(spec: SamplingSpec) -> int:
@@ -65,7 +67,8 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         copies = copies_per_prompt(spec)
         requests = [TokensPrompt(prompt_token_ids=p) for p in prompts for _ in range(copies)]
-        outputs = self.llm.generate(requests, sampling_params(spec), use_tqdm=False)
+        params = [sampling_params(spec, j) for j in range(len(prompts)) for _ in range(copies)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [[to_completion(o) for out in outputs[i:i + copies] for o in out.outputs]
                 for i in range(0, len(outputs), copies)]
 

@@ -8,7 +8,11 @@ Weights are loaded with vLLM's ``reload_weights``, not ``model.load_weights``: r
 layer's post-load processing, which on CPU repacks every linear weight into a oneDNN kernel handle.
 That repacking also leaves the linear layers' ``weight`` parameters empty, so the fingerprint reads such
 a weight back through the layer's own kernel (``x @ W.T`` with ``x`` the identity): it measures the
-matrix the engine really multiplies by, not a copy kept on the side.
+matrix the engine really multiplies by, not a copy kept on the side. Embedding tables keep their
+``weight`` (the lookup) and get a packed copy too (the LM head's matmul, shared with the table when the
+embeddings are tied); that copy is read back and must equal the table, else the fingerprint is NaN:
+reload repacks a layer only when its own name arrives, so a tied model synced without ``lm_head.weight``
+looks up new embeddings but scores logits with the old ones (measured: log-probs off by 0.17).
 """
 
 from __future__ import annotations
@@ -37,10 +41,9 @@ def pack_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> bytes:
     return safetensors.torch.save(tensors)
 
 
-def packed_weight_rows(layer: torch.nn.Module) -> Iterator[torch.Tensor]:
-    """The rows of ``W.T`` of a linear layer whose weight lives only in its CPU kernel (vLLM's
-    ``cpu_linear``), a block at a time. Multiplying by the identity is exact in floating point."""
-    k = layer.input_size_per_partition
+def packed_weight_rows(layer: torch.nn.Module, k: int) -> Iterator[torch.Tensor]:
+    """The rows of ``W.T`` [k, N] of a layer's packed CPU kernel copy (vLLM's ``cpu_linear``), a block
+    at a time. Multiplying by the identity is exact in floating point."""
     for start in range(0, k, PROBE_ROWS):
         stop = min(start + PROBE_ROWS, k)
         rows = torch.zeros(stop - start, k, dtype=layer.weight.dtype)
@@ -54,11 +57,25 @@ def running_tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if name == "weight" and param.numel() == 0 and hasattr(module, "cpu_linear"):
-                yield from packed_weight_rows(module)  # emptied by CPU repacking
-            elif param.numel() and param.data_ptr() not in seen:
+            packed = name == "weight" and hasattr(module, "cpu_linear")
+            if packed and param.numel() == 0:
+                yield from packed_weight_rows(module, module.input_size_per_partition)  # emptied by repacking
+                continue
+            if packed and param.numel() and not _packed_copy_matches(module, param):
+                yield torch.tensor([float("nan")])  # its kernel multiplies by stale weights (checked for
+                # every module: a tied LM head may be a second module sharing the table)
+            if param.numel() and param.data_ptr() not in seen:
                 seen.add(param.data_ptr())
                 yield param
+
+
+def _packed_copy_matches(module: torch.nn.Module, weight: torch.Tensor) -> bool:
+    start = 0
+    for rows in packed_weight_rows(module, weight.shape[1]):
+        if not torch.equal(rows, weight[:, start:start + rows.shape[0]].t()):
+            return False
+        start += rows.shape[0]
+    return True
 
 
 class WeightSyncExtension:

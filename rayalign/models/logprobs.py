@@ -26,3 +26,17 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logp, mask = token_logps(logits, labels)
     return logp.sum(-1), mask.sum(-1)
+
+
+def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(input_ids[t + 1] | <= t) for every column t [B, L-1] (RL: masked to the completion by the
+    caller) and, when asked, the policy's entropy at each column [B, L-1] (no gradient)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp.exp() * logp).sum(-1)
+    return picked, entropy

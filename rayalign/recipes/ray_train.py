@@ -24,43 +24,23 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from rayalign.checkpoint import MODEL, TrainerState, read_state
+from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, read_state
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
 from rayalign.errors import UserError
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
+from rayalign.recipes.common import check_resume, local_paths
 from rayalign.training.loop import LoopSpec
 from rayalign.workers.train_worker import train_loop_per_worker
 
 PREPARE = {"sft": sft.prepare, "pretrain": sft.prepare, "dpo": dpo.prepare, "kto": dpo.prepare}
-RUN_NAME = "checkpoints"
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(output_dir) / RUN_NAME
-    return sorted(p.parent for p in root.glob("checkpoint-*/trainer_state.json"))
 
 
 def _max_steps(cfg: RecipeConfig, rows: int) -> int:
     t = cfg.training
     global_batch = t.micro_batch_size * t.gradient_accumulation_steps * cfg.scaling.num_workers
     return t.max_steps or max(1, math.ceil(t.num_epochs * rows / global_batch))
-
-
-def _check_resume(cfg: RecipeConfig, out: Path, max_steps: int) -> TrainerState | None:
-    found = checkpoints(out)
-    if not found:
-        return None
-    if cfg.training.resume == "never":
-        raise UserError(f"training.output_dir: {out} already holds checkpoints of a run (last: {found[-1].name}); "
-                        "pass --resume to continue it, or choose another output_dir")
-    state = read_state(found[-1])
-    if state.step >= max_steps:
-        raise UserError(f"training.max_steps: the run in {out} already finished {state.step} steps; "
-                        f"raise max_steps above {state.step} to train further")
-    return state
 
 
 def _check_resources(cfg: RecipeConfig) -> None:
@@ -74,13 +54,6 @@ def _check_resources(cfg: RecipeConfig) -> None:
     if s.use_gpu and have.get("GPU", 0) < s.num_workers:
         raise UserError(f"scaling.use_gpu: {s.num_workers} workers need {s.num_workers} GPUs but the Ray cluster "
                         f"has {have.get('GPU', 0):g}")
-
-
-def _local_paths(cfg: RecipeConfig) -> RecipeConfig:
-    """Make local model paths absolute: Ray Train workers run in their own working directory."""
-    update = {key: str(Path(value).resolve()) for key in ("name_or_path", "tokenizer")
-              if (value := getattr(cfg.model, key)) and Path(value).exists()}
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)}) if update else cfg
 
 
 def _fit(trainer: TorchTrainer):
@@ -99,7 +72,7 @@ def _fit(trainer: TorchTrainer):
 
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early)."""
-    cfg = _local_paths(cfg)
+    cfg = local_paths(cfg)
     out = Path(cfg.training.output_dir).resolve()
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
@@ -108,7 +81,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
         ray.init()
     _check_resources(cfg)
     max_steps = _max_steps(cfg, len(train_rows))
-    resumed = _check_resume(cfg, out, max_steps)
+    resumed = check_resume(cfg, out, max_steps)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     echo(f"{cfg.trainer}: {len(train_rows)} train rows, {max_steps} steps"

@@ -66,16 +66,17 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _build(spec: LoopSpec, restored: str | None, device: torch.device):
-    torch.manual_seed(spec.training.seed)  # LoRA init must match on every rank
-    model = load_trainable(spec.model, str(Path(restored) / MODEL) if restored else None)
+def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, max_steps: int,
+                    restored: str | None, device: torch.device):
+    """(wrapped model, AdamW, lr scheduler, TrainerState), restored from a checkpoint dir when given."""
+    torch.manual_seed(t.seed)  # LoRA init must match on every rank
+    model = load_trainable(model_cfg, str(Path(restored) / MODEL) if restored else None)
     model.train()
-    model = sharding.wrap(model, spec.strategy, device)
-    t = spec.training
+    model = sharding.wrap(model, strategy, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)
     scheduler = get_scheduler(_SCHEDULERS[t.lr_scheduler], optimizer, num_warmup_steps=t.warmup_steps,
-                              num_training_steps=spec.max_steps)
+                              num_training_steps=max_steps)
     state = TrainerState()
     if restored:
         opt_state, sched_state, state = load_training_state(restored)
@@ -105,7 +106,8 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     rank, world = sharding.world()
     device = _device(spec.use_gpu)
     t = spec.training
-    model, optimizer, scheduler, state = _build(spec, hooks.restored, device)
+    model, optimizer, scheduler, state = build_trainable(spec.model, t, spec.strategy, spec.max_steps,
+                                                         hooks.restored, device)
     tokenizer = load_tokenizer(spec.model)
     objective = make_objective(spec.trainer, spec.preference, _reference(spec, device), device)
     order = DataOrder(len(spec.train_rows), t.micro_batch_size * t.gradient_accumulation_steps * world,
@@ -170,16 +172,24 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
     return out
 
 
-def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
-    model_state = sharding.full_model_state(model)  # collectives: every rank takes part
+def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state: TrainerState, tokenizer,
+                     rank: int) -> Path | None:
+    """Gather the full model and optimizer (collectives: every rank calls this) and write a checkpoint
+    into a fresh temporary directory on rank 0; returns it there (the caller moves or removes it)."""
+    model_state = sharding.full_model_state(model)
     optim_state = sharding.full_optimizer_state(model, optimizer)
-    tmp = None
-    if rank == 0:
-        tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
-        merge_from = (lambda: load_model(spec.model, apply_lora=False)) if (
-            spec.model.lora and spec.model.lora.save_merged) else None
-        save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
-        save_training_state(tmp, optim_state, scheduler, state)
+    if rank != 0:
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
+    merge_from = (lambda: load_model(model_cfg, apply_lora=False)) if (
+        model_cfg.lora and model_cfg.lora.save_merged) else None
+    save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
+    save_training_state(tmp, optim_state, scheduler, state)
+    return tmp
+
+
+def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
+    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank)
     hooks.report({"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))
                                          and math.isfinite(v)}}, tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:

@@ -1,9 +1,14 @@
-"""The reference pass: log pi_ref of every completion, once, before DPO / KTO training starts.
+"""The reference model's log-probs, for the two ways trainers use them.
+
+DPO / KTO (``score_reference``): log pi_ref of every completion, once, before training starts.
 
 A Ray Data ``map_batches`` over an actor pool (``scaling.num_workers`` actors, each with
 ``scaling.cpus_per_worker`` CPUs, or one GPU each with ``scaling.use_gpu``). Each actor loads the
 frozen initial model (the base model, without LoRA) once. Only row indices travel through Ray Data;
 the tokenised rows reach the actors through the object store.
+
+Online RL (:class:`ReferenceWorker`): one actor holding the frozen initial policy, asked each step for
+the per-token log-probs of the step's samples (unless ``reference.colocate`` folds it into the learners).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import numpy as np
 import ray
 import torch
 
+from rayalign.batch import RolloutBatch
 from rayalign.config import ModelConfig, RecipeConfig
 from rayalign.data.collate import collate_kto, collate_preference
 from rayalign.models.loading import load_model
-from rayalign.models.logprobs import sequence_logps
+from rayalign.workers.group import quiet_actor
+from rayalign.models.logprobs import next_token_logps, sequence_logps
 
 # trainer -> (collate, names of the two halves' reference keys)
 _HALVES = {"dpo": (collate_preference, ("ref_chosen", "ref_rejected")),
@@ -60,3 +67,24 @@ def score_reference(cfg: RecipeConfig, rows: list[dict], pad_id: int) -> list[di
     if missing:
         raise RuntimeError(f"reference pass: {missing} of {len(out)} rows came back without log-probs")
     return out
+
+
+class ReferenceWorker:
+    def __init__(self, model: ModelConfig, micro_batch_size: int, threads: int = 1, use_gpu: bool = False):
+        quiet_actor(threads)
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model = load_model(model, apply_lora=False).to(self.device).eval().requires_grad_(False)
+        self.micro = micro_batch_size
+
+    def ready(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def logps(self, batch: RolloutBatch) -> torch.Tensor:
+        """log pi_ref of every next token [N, L-1], zero where ``completion_mask`` is 0."""
+        out = torch.zeros_like(batch.rollout_logps)
+        for start in range(0, batch.input_ids.shape[0], self.micro):
+            rows = list(range(start, min(start + self.micro, batch.input_ids.shape[0])))
+            part = batch.select(rows).to(self.device)
+            out[start:start + len(rows)] = next_token_logps(self.model, part.input_ids, part.attention_mask)[0].cpu()
+        return out * batch.completion_mask

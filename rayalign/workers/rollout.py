@@ -12,12 +12,13 @@ import torch
 
 from rayalign.config import ModelConfig, RolloutConfig
 from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.workers.group import quiet_actor
 
 
 class RolloutWorker:
     def __init__(self, model: ModelConfig, cfg: RolloutConfig, max_model_len: int, seed: int,
                  torch_threads: int = 1):
-        torch.set_num_threads(torch_threads)
+        quiet_actor(torch_threads)
         if cfg.engine == "vllm":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
             from rayalign.engines.vllm_engine import VLLMEngine
@@ -42,3 +43,7 @@ class RolloutWorker:
 
     def fingerprint(self) -> tuple[float, float]:
         return self.engine.fingerprint()
+
+    def close(self) -> None:
+        """Stop the engine's own processes (vLLM's engine core) before the actor is killed."""
+        self.engine.close()

@@ -20,3 +20,9 @@ def die(prompt, completion, **_):
     if "die" in completion:
         os._exit(1)
     return 0.25
+
+
+def vowel_share(prompt, completion, **_):
+    """A dense reward that differs between random completions (so advantages and gradients are not 0)."""
+    letters = [c for c in completion.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / max(1, len(letters))

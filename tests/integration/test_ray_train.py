@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from rayalign.errors import UserError
 from rayalign.metrics import read_metrics
-from rayalign.recipes.ray_train import checkpoints, run
+from rayalign.checkpoint import checkpoints
+from rayalign.recipes.ray_train import run
 from train_helpers import build, recipe, weights
 
 

@@ -102,8 +102,11 @@ def test_partial_sync_is_caught(engine, hf):
     learner = perturbed(hf, seed=1)
     state, expected = learner.state_dict(), learner_fingerprint(learner)
     # down_proj alone in its layer: vLLM keeps the old matrix (and only logs a warning). q_proj is
-    # fused into qkv_proj: vLLM rebuilds the fused matrix with the q rows uninitialised memory.
-    for missing in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+    # fused into qkv_proj: vLLM rebuilds the fused matrix with the q rows uninitialised memory. The tied
+    # lm_head: the embedding table is new but the LM head's packed matmul copy stays old.
+    for missing in ("model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight",
+                    "lm_head.weight"):
+        engine.load_weights(hf.state_dict().items())  # from the original weights each time
         engine.load_weights((name, t) for name, t in state.items() if name != missing)
         with pytest.raises(RuntimeError, match="weight sync check failed"):
             check_sync(engine.fingerprint(), expected)

@@ -149,7 +149,8 @@ def test_explain_prints_docs_defaults_and_batch_arithmetic(tmp_path):
 def test_rl_batch_arithmetic():
     cfg = load_config(None, ["--trainer", "grpo", "--model.name_or_path", "m", "--algorithm.prompts_per_step",
                              "6", "--algorithm.group_size", "8", "--algorithm.mini_batch_size", "20",
-                             "--algorithm.ppo_epochs", "2", "--rollout.num_workers", "2"])
+                             "--algorithm.ppo_epochs", "2", "--rollout.num_workers", "2",
+                             "--reward.functions[0].name", "boxed_answer"])
     assert batch_arithmetic(cfg) == [
         "samples per step = prompts_per_step 6 x group_size 8 = 48",
         "optimizer updates per step = ceil(48 / mini_batch_size 20) x ppo_epochs 2 = 6",

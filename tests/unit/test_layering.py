@@ -8,7 +8,8 @@ PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalig
         "rayalign.data.loading", "rayalign.data.tasks", "rayalign.data.tokenize", "rayalign.models.loading",
         "rayalign.models.tiny", "rayalign.models.logprobs", "rayalign.batch", "rayalign.checkpoint",
         "rayalign.metrics", "rayalign.data.collate", "rayalign.training.loop", "rayalign.training.objectives",
-        "rayalign.training.sharding", "rayalign.training.batching"]
+        "rayalign.training.sharding", "rayalign.training.batching", "rayalign.training.rl_step",
+        "rayalign.recipes.common"]
 
 
 def test_core_modules_do_not_import_ray():

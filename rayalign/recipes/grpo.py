@@ -1,0 +1,164 @@
+"""GRPO-family online RL on Ray actor roles, driven by this one controller.
+
+    rayalign train -c configs/recipes/tiny/grpo.yaml        # trainer: grpo
+
+One step, as in DeepSeekMath's GRPO (Shao et al. 2024, Alg. 1):
+
+    prompts    = the next algorithm.prompts_per_step rows (a seeded order: the step count is the data position)
+    samples    = group_size completions per prompt from the rollout engines, with their tokens' log-probs
+    rewards    = the weighted reward functions, on the reward workers
+    advantages = per group (algorithm.name picks grpo | dr_grpo | rloo | reinforce_pp; dapo, gspo use grpo's)
+    ref        = log pi_ref of every sampled token (only when kl_coef > 0)
+    learn      = ppo_epochs x mini-batches of the algorithm's loss on the FSDP2 learner group
+    sync       = learner weights -> every engine, fingerprint-verified
+
+Each phase runs inside a timer and lands in ``metrics.jsonl`` with the step's rewards and the learner's
+metrics (loss, kl, mismatch_kl, entropy, clip fraction). Which actor owns a phase: ``workers/roles.py``.
+
+Deviations, on purpose: DAPO's dynamic sampling drops the groups whose rewards are all equal but does not
+sample more prompts to refill the batch (the step trains on fewer samples; with none left it is skipped),
+which keeps the data position a pure function of the step and resume exact. Sampling seeds are a function
+of (seed, step), so with the HF engine N steps straight equal N/2 + resume + N/2; vLLM's per-request seeds
+make its sampling reproducible too, but its batched CPU kernels may differ in the last bits between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import ray
+import torch
+import yaml
+from tqdm import tqdm
+
+from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
+from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
+from rayalign.config import RecipeConfig
+from rayalign.data.collate import collate_rollout, tokenize_prompt
+from rayalign.data.loading import load_split
+from rayalign.engines.base import SamplingSpec
+from rayalign.metrics import MetricsLog, PhaseTimer
+from rayalign.models.loading import load_tokenizer
+from rayalign.recipes.common import check_resume, local_paths
+from rayalign.rewards.builtin import boxed_answer
+from rayalign.training.batching import DataOrder
+from rayalign.workers.reward import Sample
+from rayalign.workers.roles import RLRoles
+
+
+def prepare_prompts(cfg: RecipeConfig, tokenizer, rows) -> list[dict]:
+    """Each prompt row as its token ids (leaving room for ``max_new_tokens``), the prompt as the reward
+    functions see it, and the row's other fields as their metadata."""
+    budget = cfg.data.train.max_length - cfg.rollout.max_new_tokens
+    return [{"ids": tokenize_prompt(tokenizer, row["prompt"], budget), "prompt": row["prompt"],
+             "metadata": {k: v for k, v in row.items() if k != "prompt" and v is not None}} for row in rows]
+
+
+def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) -> dict[str, float]:
+    completions = [c for g in groups for c in g]
+    out = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+           "reward_failures": float(sum(s.failed for s in scored)),
+           "response_length": sum(len(c.token_ids) for c in completions) / len(completions),
+           "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions)}
+    for name in scored[0].parts:
+        out[f"reward/{name}"] = sum(s.parts.get(name, 0.0) for s in scored) / len(scored)
+    if all("answer" in s.metadata for s in samples):  # the task has a verifiable answer
+        out["accuracy"] = sum(boxed_answer(s.prompt, s.completion, **s.metadata) for s in samples) / len(samples)
+    return out
+
+
+def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_id: int) -> dict[str, float]:
+    """One RL step over ``rows`` (this step's prompts); returns its metrics."""
+    a, r = cfg.algorithm, cfg.rollout
+    timer = PhaseTimer()
+    spec = SamplingSpec(n=a.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                        seed=cfg.training.seed * 1_000_003 + step * a.prompts_per_step * a.group_size)
+    with timer("generate"):
+        groups = roles.generate([row["ids"] for row in rows], spec)
+    samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
+    with timer("reward"):
+        scored = roles.score(samples)
+    rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32).view(len(rows), a.group_size)
+    metrics = _reward_stats(rewards, scored, samples, groups)
+    if a.overlong_buffer:
+        lengths = torch.tensor([[len(c.token_ids) for c in g] for g in groups])
+        rewards = rewards + overlong_penalty(lengths, r.max_new_tokens, a.overlong_buffer)
+    advantages = ADVANTAGES[a.name](rewards)
+    keep = informative_groups(rewards) if a.dynamic_sampling else torch.ones(len(rows), dtype=torch.bool)
+    metrics["groups_kept"] = float(keep.sum())
+    if keep.any():
+        kept = [i for i in range(len(rows)) if keep[i]]
+        batch = collate_rollout([(rows[i]["ids"], c.token_ids, c.logprobs) for i in kept for c in groups[i]],
+                                advantages[keep].flatten(), pad_id)
+        with timer("reference"):
+            batch.ref_logps = roles.reference_logps(batch)
+        with timer("learner"):
+            metrics.update(roles.train(batch, step))
+        with timer("sync"):
+            roles.sync()
+    metrics.update(timer.seconds)
+    metrics["step_time_s"] = sum(timer.seconds.values())
+    return metrics
+
+
+def run(cfg: RecipeConfig, echo=print) -> Path | None:
+    """Train ``cfg`` (trainer: grpo); returns ``OUTPUT_DIR/final`` (None when stopped early)."""
+    cfg = local_paths(cfg)
+    t, a = cfg.training, cfg.algorithm
+    out = Path(t.output_dir).resolve()
+    tokenizer = load_tokenizer(cfg.model)
+    prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed))
+    max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
+    resumed = check_resume(cfg, out, max_steps)
+    if not ray.is_initialized():
+        ray.init()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x {a.group_size}"
+         + (f", resuming after step {resumed.step}" if resumed else ""))
+    roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(checkpoints(out)[-1]) if resumed else None)
+    try:
+        state = _train(roles, cfg, prompts, max_steps, out, tokenizer.pad_token_id)
+    finally:
+        roles.shutdown()
+    if state.step < max_steps:
+        echo(f"stopped after step {state.step} of {max_steps}; continue with --resume")
+        return None
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(checkpoints(out)[-1] / MODEL, final)
+    (out / "trainer_state.json").write_text(json.dumps(state.__dict__))
+    echo(f"final model in {final}")
+    return final
+
+
+def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: int, out: Path,
+           pad_id: int) -> TrainerState:
+    t, a = cfg.training, cfg.algorithm
+    state = roles.restored_state
+    roles.sync()  # engines start from the model on disk; from here on they run the learner's weights
+    order = DataOrder(len(prompts), a.prompts_per_step, t.seed, cfg.data.train.shuffle)
+    stop_at = min(max_steps, state.step + (t.stop_after_steps or max_steps))
+    log = MetricsLog(out, state.step)
+    bar = tqdm(total=max_steps, initial=state.step, desc="grpo", unit="step")
+    try:
+        while state.step < stop_at:
+            rows = [prompts[i] for i in order.step_indices(state.step)]
+            metrics = rl_step(roles, cfg, rows, state.step, pad_id)
+            state.step += 1
+            state.samples_seen += a.prompts_per_step
+            state.epoch = state.samples_seen / len(prompts)
+            metrics["epoch"] = state.epoch
+            if state.step % t.logging_steps == 0 or state.step == stop_at:
+                log.log(state.step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
+            bar.update(1)
+            if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
+                roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit)
+    finally:
+        bar.close()
+        log.close()
+    return state

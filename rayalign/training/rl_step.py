@@ -1,0 +1,172 @@
+"""The learner's half of an online-RL step, in pure torch (``workers/learner.py`` puts it in a Ray actor).
+
+Every rank of the learner group receives the whole step's :class:`RolloutBatch` and trains on its share:
+
+1. Mini-batches: a permutation seeded by (seed, step) cuts the samples into global mini-batches of
+   ``algorithm.mini_batch_size``; rank r takes every world-th sample of each, in micro batches of
+   ``training.micro_batch_size``. Every rank runs the same number of micro batches (FSDP2 gathers
+   parameters in each forward), padding with a zero-weight row where it has fewer samples.
+2. Old log-probs (the PPO ratio's denominator) are the learner's own, before any update, from one
+   no-grad pass. With one mini-batch and one epoch the first forward's detached log-probs are the same
+   numbers, so that pass is skipped (the ratio is then exactly 1 and only the clip metrics are trivial).
+   The same numbers give ``mismatch_kl``: KL(rollout engine || learner) on the sampled tokens (k3
+   estimator), ~0 when the engine runs the learner's weights in the same precision.
+3. Loss: the algorithm's loss of each micro batch x (its units / the mini-batch's global units) x world
+   (units: tokens for token-mean losses, sequences otherwise; FSDP / DDP average gradients over ranks),
+   backward, clip, optimizer and scheduler step once per mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Callable
+
+import torch
+
+from rayalign.algorithms import policy as P
+from rayalign.batch import RolloutBatch
+from rayalign.config import AlgorithmConfig
+from rayalign.models.logprobs import next_token_logps
+from rayalign.training import sharding
+
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+
+
+def policy_loss(a: AlgorithmConfig, max_new_tokens: int) -> tuple[LossFn, str]:
+    """The loss of ``algorithm.name`` as ``fn(logp, old_logp, advantages, mask, ref_logp=...)`` and the
+    unit its reduction averages over ("tokens" or "sequences")."""
+    clip = {"clip_low": a.clip_low, "clip_high": a.clip_high}
+    kl = {"kl_coef": a.kl_coef, "kl_estimator": a.kl_estimator}
+    surrogate = partial(P.grpo_loss, **clip, **kl, loss_agg=a.loss_agg)
+    per_sequence = "tokens" if a.loss_agg == "token-mean" else "sequences"
+    table: dict[str, tuple[LossFn, str]] = {
+        "grpo": (surrogate, per_sequence), "rloo": (surrogate, per_sequence),
+        "reinforce_pp": (surrogate, per_sequence),
+        "dr_grpo": (partial(P.dr_grpo_loss, max_len=max_new_tokens, **clip, **kl), "sequences"),
+        "dapo": (lambda logp, old, adv, mask, ref_logp=None: P.dapo_loss(logp, old, adv, mask, **clip), "tokens"),
+        "gspo": (partial(P.gspo_loss, **clip, **kl), "sequences"),
+    }
+    return table[a.name]
+
+
+def _trim(batch: RolloutBatch) -> RolloutBatch:
+    """Drop the padding columns no row of this micro batch uses."""
+    width = int(batch.attention_mask.sum(dim=1).max())
+    cut = {"input_ids": width, "attention_mask": width, "completion_mask": width - 1,
+           "rollout_logps": width - 1, "ref_logps": width - 1}
+    return RolloutBatch(**{k: (getattr(batch, k)[:, :w] if getattr(batch, k) is not None else None)
+                           for k, w in cut.items()}, advantages=batch.advantages)
+
+
+def plan(n: int, mini_batch_size: int | None, micro: int, seed: int, step: int, rank: int,
+         world: int) -> list[list[tuple[list[int], bool]]]:
+    """Per mini-batch, this rank's micro batches as (sample indices, real?); a padded micro batch
+    (real = False) reuses the mini-batch's first sample with zero weight."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + step)).tolist()
+    size = mini_batch_size or n
+    out = []
+    for start in range(0, n, size):
+        mb = order[start:start + size]
+        mine = mb[rank::world]
+        count = math.ceil(math.ceil(len(mb) / world) / micro)
+        out.append([(mine[k * micro:(k + 1) * micro] or [mb[0]], bool(mine[k * micro:(k + 1) * micro]))
+                    for k in range(count)])
+    return out
+
+
+class PolicyLearner:
+    """The policy being trained on one rank: model (FSDP2/DDP-wrapped), optimizer, scheduler, loss."""
+
+    def __init__(self, model, optimizer, scheduler, algorithm: AlgorithmConfig, max_new_tokens: int,
+                 micro_batch_size: int, max_grad_norm: float | None, seed: int, device: torch.device,
+                 reference: torch.nn.Module | None = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.algorithm, self.micro, self.max_grad_norm = algorithm, micro_batch_size, max_grad_norm
+        self.seed, self.device, self.reference = seed, device, reference
+        self.loss_fn, self.unit = policy_loss(algorithm, max_new_tokens)
+
+    def _units(self, batch: RolloutBatch) -> float:
+        return float(batch.completion_mask.sum()) if self.unit == "tokens" else float(batch.input_ids.shape[0])
+
+    @torch.no_grad()
+    def _old_logps(self, batch: RolloutBatch, micro_batches) -> tuple[torch.Tensor, dict[str, float]]:
+        """The learner's log-probs of every sample this rank trains on, before any update; and the
+        mismatch / entropy sums over them."""
+        old = torch.zeros_like(batch.rollout_logps)
+        sums = {"mismatch_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
+        for rows, real in micro_batches:
+            part = _trim(batch.select(rows)).to(self.device)
+            logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask, with_entropy=True)
+            old[rows, :logp.shape[1]] = logp.cpu()
+            if real:
+                self._add_stats(sums, part, logp, entropy)
+        return old, sums
+
+    @staticmethod
+    def _add_stats(sums: dict, part: RolloutBatch, logp: torch.Tensor, entropy: torch.Tensor) -> None:
+        mask = part.completion_mask.to(logp.dtype)
+        # float64: the two log-probs agree to ~1e-7, where k3 in float32 is all rounding
+        mismatch = P.kl_penalty(part.rollout_logps.double(), logp.detach().double(), "k3").to(logp.dtype)
+        sums["mismatch_kl"] += float((mismatch * mask).sum())
+        sums["entropy"] += float((entropy * mask).sum())
+        sums["tokens"] += float(mask.sum())
+
+    def train_step(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        """All of this step's optimizer updates; metrics averaged over ranks and mini-batches."""
+        start = time.perf_counter()
+        rank, world = sharding.world()
+        a = self.algorithm
+        mini = plan(batch.input_ids.shape[0], a.mini_batch_size, self.micro, self.seed, step, rank, world)
+        on_policy = len(mini) == 1 and a.ppo_epochs == 1
+        old, stats = (None, {"mismatch_kl": 0.0, "entropy": 0.0, "tokens": 0.0}) if on_policy else \
+            self._old_logps(batch, [mb for micro in mini for mb in micro])
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(a.ppo_epochs):
+            for micro_batches in mini:
+                self._update(batch, micro_batches, old, stats if on_policy else None, sums)
+                updates += 1
+        keys = sorted(sums)
+        reduced = sharding.all_reduce_sum([stats["mismatch_kl"], stats["entropy"], stats["tokens"]]
+                                          + [sums[k] for k in keys], self.device)
+        tokens = max(reduced[2], 1.0)
+        out = {"mismatch_kl": reduced[0] / tokens, "entropy": reduced[1] / tokens,
+               **{k: v / updates for k, v in zip(keys, reduced[3:])}, "lr": self.scheduler.get_last_lr()[0],
+               "learner_step_s": time.perf_counter() - start, "optimizer_steps": updates}
+        out["grad_norm"] = out["grad_norm"] / world  # every rank reports the same global norm
+        return out
+
+    def _update(self, batch: RolloutBatch, micro_batches, old, stats: dict | None, sums: dict) -> None:
+        """One optimizer step over one mini-batch (this rank's micro batches)."""
+        world = sharding.world()[1]
+        local = sum(self._units(batch.select(rows)) for rows, real in micro_batches if real)
+        total = sharding.all_reduce_sum([local], self.device)[0]
+        for i, (rows, real) in enumerate(micro_batches):
+            part = _trim(batch.select(rows)).to(self.device)
+            with sharding.gradient_sync(self.model, i == len(micro_batches) - 1):
+                logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask,
+                                                 with_entropy=stats is not None)
+                old_logp = logp.detach() if old is None else old[rows, :logp.shape[1]].to(self.device)
+                ref = self._ref_logps(part)
+                loss, metrics = self.loss_fn(logp, old_logp, part.advantages, part.completion_mask, ref_logp=ref)
+                weight = self._units(part) / max(total, 1e-9) if real else 0.0
+                (loss * weight * world).backward()
+            if stats is not None and real:
+                self._add_stats(stats, part, logp, entropy)
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() * weight
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * weight
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + sharding.clip_grad_norm(self.model, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _ref_logps(self, part: RolloutBatch) -> torch.Tensor | None:
+        if self.algorithm.kl_coef == 0:
+            return None
+        if part.ref_logps is not None:
+            return part.ref_logps
+        with torch.no_grad():  # reference.colocate: a frozen copy held by this rank
+            return next_token_logps(self.reference, part.input_ids, part.attention_mask)[0]

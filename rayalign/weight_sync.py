@@ -1,0 +1,42 @@
+"""Learner -> rollout engines: the weight transfer after every update, and its verification.
+
+Transfer: the learner group gathers the full (unsharded) weights to rank 0 (``gather_weights``, a
+collective), which puts them in Ray's object store once; every rollout worker loads them from there
+by HF name (vLLM through its worker extension, see ``engines/vllm_ext.py``). On a GPU cluster the same
+path works through host memory; an NCCL broadcast would skip that copy (not built).
+
+Verification, every sync: each engine reports the fingerprint (sum, sum of squares in float64) of the
+weights it now *runs*, read from its own kernels, and it must equal the learner's fingerprint of the
+tensors it sent. A missed, partial or wrongly-named sync stops the run with :class:`WeightSyncError`
+naming the rollout worker, instead of training on samples from stale weights (the failure the verl,
+TRL and SkyRL issue trackers are full of).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from rayalign.engines.base import check_sync
+
+
+class WeightSyncError(RuntimeError):
+    pass
+
+
+def verify(engine_fps: list[tuple[float, float]], learner_fp: tuple[float, float]) -> None:
+    for i, fp in enumerate(engine_fps):
+        try:
+            check_sync(fp, learner_fp)
+        except RuntimeError as exc:
+            raise WeightSyncError(f"rollout worker {i}: {exc}; the engine is not running the learner's "
+                                  "weights") from None
+
+
+def sync_weights(learners: list, rollouts: list) -> tuple[float, float]:
+    """Send the learners' weights to every rollout worker and verify them; returns the fingerprint."""
+    calls = [learner.gather_weights.options(num_returns=2).remote() for learner in learners]
+    weights, fingerprint = calls[0]
+    ray.get([c[1] for c in calls[1:]])  # the other ranks' halves of the collective
+    learner_fp = ray.get(fingerprint)
+    verify(ray.get([worker.load_weights.remote(weights) for worker in rollouts]), learner_fp)
+    return learner_fp

@@ -1,0 +1,131 @@
+"""Learner workers: ``scaling.num_workers`` Ray actors forming one torch.distributed group (gloo on CPU,
+nccl with ``scaling.use_gpu``), the policy sharded over them with FSDP2 (``scaling.strategy``).
+
+The driver spawns the actors, asks rank 0 for a rendezvous address, then calls ``setup`` on every actor
+at once (``init_process_group`` blocks until all ranks join). After that every method is a collective
+the driver calls on all ranks together: ``train_step``, ``gather_weights`` (rank 0 returns the full
+weights for the rollout engines), ``save``. The math is ``training/rl_step.py``; this file is plumbing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rayalign.batch import RolloutBatch
+from rayalign.checkpoint import TrainerState
+from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
+from rayalign.engines.base import weights_fingerprint
+from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.training import sharding
+from rayalign.training.loop import build_trainable, write_checkpoint
+from rayalign.training.rl_step import PolicyLearner
+from rayalign.workers.group import quiet_actor
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def fingerprinted(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors of ``state`` the sync fingerprint covers: each parameter once (a tied LM head is
+    the embedding). Every tensor of ``state`` is still sent: an engine re-processes a layer only when
+    its own name arrives (vLLM CPU repacks a tied LM head's matmul copy only on ``lm_head.weight``)."""
+    return [state[name] for name, _ in sharding.unwrap(model).named_parameters()]
+
+
+class LearnerWorker:
+    def __init__(self, world: int, scaling: ScalingConfig):
+        self.rank, self.world, self.scaling = 0, world, scaling
+        quiet_actor(scaling.torch_threads or max(1, int(scaling.cpus_per_worker)))
+
+    def ready(self) -> bool:
+        return True
+
+    def rendezvous(self) -> str:
+        import ray
+
+        return f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+
+    def setup(self, rank: int, address: str, model: ModelConfig, training: TrainingConfig, algorithm: AlgorithmConfig,
+              max_new_tokens: int, max_steps: int, restored: str | None, colocate_reference: bool) -> TrainerState:
+        """Join the process group, build (or restore) the sharded policy; returns the restored state."""
+        self.rank, use_gpu = rank, self.scaling.use_gpu
+        if self.world > 1:
+            dist.init_process_group("nccl" if use_gpu else "gloo", init_method=address, rank=self.rank,
+                                    world_size=self.world)
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        if use_gpu:
+            torch.cuda.set_device(self.device)
+        self.model_cfg, self.training = model, training
+        model_obj, optimizer, scheduler, state = build_trainable(model, training, self.scaling.strategy,
+                                                                 max_steps, restored, self.device)
+        reference = (load_model(model, apply_lora=False).to(self.device).eval().requires_grad_(False)
+                     if colocate_reference and algorithm.kl_coef > 0 else None)
+        self.learner = PolicyLearner(model_obj, optimizer, scheduler, algorithm, max_new_tokens,
+                                     training.micro_batch_size, training.max_grad_norm, training.seed,
+                                     self.device, reference)
+        self.tokenizer = load_tokenizer(model)
+        return state
+
+    def train_step(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        torch.manual_seed(self.training.seed * 1_000_003 + step * 1009 + self.rank)
+        return self.learner.train_step(batch, step)
+
+    def gather_weights(self) -> tuple[list[tuple[str, torch.Tensor]] | None, tuple[float, float] | None]:
+        """(full weights by HF name, their fingerprint) on rank 0, (None, None) elsewhere. A collective.
+
+        LoRA: the adapter is merged into a copy of each adapted weight (W + scale B A), so engines run
+        plain models; peft's ``merge_and_unload`` on a CPU copy of the gathered state does the math."""
+        state = sharding.full_model_state(self.learner.model)
+        if self.rank != 0:
+            return None, None
+        if self.model_cfg.lora is not None:
+            state, tensors = self._merged(state)
+        else:
+            tensors = fingerprinted(self.learner.model, state)
+        return list(state.items()), weights_fingerprint(tensors)
+
+    def _merged(self, state: dict) -> tuple[dict, list[torch.Tensor]]:
+        """LoRA: the gathered peft state loaded into a CPU copy, adapters merged (peft's
+        ``merge_adapter``), plain HF names read off, adapters unmerged again."""
+        if getattr(self, "_merge_copy", None) is None:
+            from peft import get_peft_model
+
+            peft_cfg = sharding.unwrap(self.learner.model).peft_config["default"]
+            self._merge_copy = get_peft_model(load_model(self.model_cfg, apply_lora=False), peft_cfg)
+        copy = self._merge_copy
+        copy.load_state_dict(state)
+        copy.merge_adapter()
+        base = copy.get_base_model()
+        out = {name.replace(".base_layer", ""): t.detach().clone()
+               for name, t in base.state_dict().items() if ".lora_" not in name}
+        unique = [out[name.replace(".base_layer", "")] for name, _ in base.named_parameters() if ".lora_" not in name]
+        copy.unmerge_adapter()
+        return out, unique
+
+    def save(self, directory: str, state: TrainerState, keep: int | None) -> None:
+        """Write checkpoint ``directory`` (atomically: a temp dir renamed into place). A collective."""
+        tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
+                               self.learner.scheduler, state, self.tokenizer, self.rank)
+        if tmp is None:
+            return
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(tmp), target)
+        if keep:
+            from rayalign.checkpoint import checkpoints
+
+            for old in checkpoints(target.parent.parent)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

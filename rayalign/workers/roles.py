@@ -1,0 +1,106 @@
+"""The online-RL roles as one object the driver talks to: rollout workers, the learner group, the
+reference, the reward pool. Each method is one phase of a step, a typed call on the right actors.
+
+Before any actor starts, the roles' resource asks are added up against the cluster: Ray would queue an
+actor that does not fit and wait forever, so a shortfall is an error naming each role and its ask.
+"""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from rayalign.batch import RolloutBatch
+from rayalign.checkpoint import TrainerState
+from rayalign.config import RecipeConfig
+from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.errors import UserError
+from rayalign.weight_sync import sync_weights
+from rayalign.workers.group import spawn
+from rayalign.workers.learner import LearnerWorker
+from rayalign.workers.reference import ReferenceWorker
+from rayalign.workers.reward import RewardPool, Sample, Scored
+from rayalign.workers.rollout import RolloutWorker
+
+START_TIMEOUT_S = 600.0  # a vLLM engine start on a loaded 2-core machine can take minutes
+
+
+def resource_asks(cfg: RecipeConfig) -> dict[str, tuple[float, float]]:
+    """role -> (CPUs, GPUs) it reserves in total."""
+    s, r = cfg.scaling, cfg.rollout
+    asks = {"rollout": (r.num_workers * r.num_cpus, r.num_workers * r.num_gpus),
+            "learner": (s.num_workers * s.cpus_per_worker, s.num_workers if s.use_gpu else 0),
+            "reward": (cfg.reward.num_workers * cfg.reward.num_cpus, 0)}
+    if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
+        asks["reference"] = (cfg.reference.num_cpus, 0)
+    return asks
+
+
+def check_resources(cfg: RecipeConfig) -> None:
+    asks = resource_asks(cfg)
+    have = ray.cluster_resources()
+    for i, kind in enumerate(("CPU", "GPU")):
+        need = sum(a[i] for a in asks.values())
+        if need > have.get(kind, 0) + 1e-9:
+            listed = ", ".join(f"{role} {a[i]:g}" for role, a in asks.items() if a[i])
+            keys = "rollout.num_cpus, scaling.cpus_per_worker, reference.num_cpus, reward.num_cpus"
+            raise UserError(f"the RL roles ask for {need:g} {kind} ({listed}) but the Ray cluster has "
+                            f"{have.get(kind, 0):g}; lower {keys if kind == 'CPU' else 'the GPU asks'}")
+
+
+class RLRoles:
+    def __init__(self, cfg: RecipeConfig, max_steps: int, max_model_len: int, restored: str | None):
+        check_resources(cfg)
+        s, r, t = cfg.scaling, cfg.rollout, cfg.training
+        self.rollouts = spawn(RolloutWorker, r.num_workers, role="rollout worker", num_cpus=r.num_cpus,
+                              num_gpus=r.num_gpus, args=(cfg.model, r, max_model_len, t.seed),
+                              timeout_s=START_TIMEOUT_S)
+        self.learners = spawn(LearnerWorker, s.num_workers, role="learner", num_cpus=s.cpus_per_worker,
+                              num_gpus=1 if s.use_gpu else 0, args=(s.num_workers, s), timeout_s=START_TIMEOUT_S)
+        address = ray.get(self.learners[0].rendezvous.remote())
+        states = ray.get([learner.setup.remote(rank, address, cfg.model, t, cfg.algorithm, r.max_new_tokens,
+                                               max_steps, restored, cfg.reference.colocate)
+                          for rank, learner in enumerate(self.learners)])
+        self.restored_state: TrainerState = states[0]
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
+            [self.reference] = spawn(ReferenceWorker, 1, role="reference", num_cpus=cfg.reference.num_cpus,
+                                     args=(cfg.model, t.micro_batch_size), timeout_s=START_TIMEOUT_S)
+        self.rewards = RewardPool(cfg.reward)
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
+        """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
+        numbering (prompt j samples with seed + j * n wherever it runs)."""
+        k = len(self.rollouts)
+        size = -(-len(prompts) // k)
+        calls = []
+        for i, worker in enumerate(self.rollouts):
+            chunk = prompts[i * size:(i + 1) * size]
+            if chunk:
+                seed = None if spec.seed is None else spec.seed + i * size * spec.n
+                calls.append(worker.generate.remote(chunk, SamplingSpec(**{**spec.__dict__, "seed": seed})))
+        return [group for part in ray.get(calls) for group in part]
+
+    def score(self, samples: list[Sample]) -> list[Scored]:
+        return self.rewards.score(samples)
+
+    def reference_logps(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """Per-token reference log-probs from the reference actor; None when the learners hold it
+        (``reference.colocate``) or there is no KL term."""
+        return None if self.reference is None else ray.get(self.reference.logps.remote(batch))
+
+    def train(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        ref = ray.put(batch)
+        return ray.get([learner.train_step.remote(ref, step) for learner in self.learners])[0]
+
+    def sync(self) -> tuple[float, float]:
+        return sync_weights(self.learners, self.rollouts)
+
+    def save(self, directory: str, state: TrainerState, keep: int | None) -> None:
+        ray.get([learner.save.remote(directory, state, keep) for learner in self.learners])
+
+    def shutdown(self) -> None:
+        self.rewards.shutdown()
+        ray.get([worker.close.remote() for worker in self.rollouts])
+        for actor in self.rollouts + self.learners + ([self.reference] if self.reference else []):
+            ray.kill(actor)
