@@ -1,4 +1,5 @@
-"""The main job, run by ``make quickstart``: ``python examples/quickstart.py --out outputs/quickstart``.
+"""The data and model half of the main job: ``python examples/quickstart.py --out outputs/quickstart``
+(``make quickstart`` runs ``letter_count_pipeline.py``, which starts with this and then trains).
 
 Uses the Python API end to end on what this machine can make offline:
 1. a tiny Qwen2 model with a task-trained tokenizer (``rayalign models create-tiny``),
@@ -6,7 +7,6 @@ Uses the Python API end to end on what this machine can make offline:
 3. validation of each file (``rayalign data validate``),
 4. the resolved SFT and GRPO recipes with their batch arithmetic (``rayalign config explain``),
 5. one SFT row tokenised with its assistant-only loss mask.
-Training stages join this script as they land (pretrain -> SFT -> GRPO -> evaluate -> serve).
 """
 
 from __future__ import annotations
