@@ -44,6 +44,7 @@ from rayalign.metrics import MetricsLog, PhaseTimer
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import check_resume, local_paths
 from rayalign.rewards.builtin import boxed_answer
+from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
 from rayalign.workers.reward import Sample
 from rayalign.workers.roles import RLRoles
@@ -109,6 +110,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     cfg = local_paths(cfg)
     t, a = cfg.training, cfg.algorithm
     out = Path(t.output_dir).resolve()
+    WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
     tokenizer = load_tokenizer(cfg.model)
     prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed))
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from rayalign.checkpoint import checkpoints
+from rayalign.config import LoraConfig
 from rayalign.errors import UserError
 from rayalign.metrics import read_metrics
 from rayalign.recipes.grpo import run
@@ -50,6 +51,24 @@ def test_resume_equals_straight_run_on_hf_engine(ray_local, tiny_model_dir, tmp_
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     with pytest.raises(UserError, match="already finished 4 steps"):
         run(grpo_recipe(tiny_model_dir, prompts, tmp_path / "b", max_steps=4, resume="auto"))
+    # the reference folded into the learners gives the same numbers as the reference actor
+    colocated = grpo_recipe(tiny_model_dir, prompts, tmp_path / "c", max_steps=2, save_steps=None)
+    run(colocated.model_copy(update={"reference": colocated.reference.model_copy(update={"colocate": True})}))
+    for ma, mc in zip(a, read_metrics(tmp_path / "c")):
+        assert mc["time_reference_s"] < 0.01 and mc["kl"] == pytest.approx(ma["kl"], rel=1e-5, abs=1e-9)
+        assert mc["loss"] == pytest.approx(ma["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_lora_learner_syncs_merged_weights(ray_local, tiny_model_dir, tmp_path):
+    cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "out", learners=1, kl_coef=0, max_steps=2)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": LoraConfig(r=4, alpha=8)})})
+    final = run(cfg)  # every sync merged the adapter and matched the engine's fingerprint
+    metrics = read_metrics(tmp_path / "out")
+    assert all(m["mismatch_kl"] < 1e-5 and m["grad_norm"] > 0 for m in metrics)
+    merged = load_file(str(final / "merged" / "model.safetensors"))
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert (final / "adapter_model.safetensors").is_file()
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_resource_shortfall_names_the_roles(ray_local, tiny_model_dir, tmp_path):

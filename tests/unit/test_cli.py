@@ -104,3 +104,33 @@ def test_create_tiny_rejects_bad_sizes(tmp_path, capsys):
 def test_unknown_format_is_rejected(tmp_path, capsys):
     code, _, err = run(["data", "make", "arithmetic", "--format", "csv", "--out", str(tmp_path / "x.jsonl")], capsys)
     assert (code, err) == (2, "error: --format must be one of sft, preference, kto, prompt, text, got 'csv'\n")
+
+
+GRPO_CFG = """\
+trainer: grpo
+model:
+  name_or_path: m
+data:
+  train:
+    format: prompt
+    datasets:
+      - path: {data}
+    max_length: 64
+rollout:
+  max_new_tokens: 32
+"""
+
+
+def test_grpo_recipe_errors_name_the_key(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "How many 'a' in 'banana'?", "answer": "3"}) + "\n")
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(GRPO_CFG.format(data=data))
+    code, _, err = run(["train", "-c", str(cfg)], capsys)
+    assert (code, err) == (2, f"error: {cfg}:1: reward.functions: online RL needs at least one reward function\n")
+    code, _, err = run(["train", "-c", str(cfg), "--reward.functions[0].name", "no_such_reward"], capsys)
+    assert code == 2 and err.startswith("error: reward.functions[0].name: unknown reward 'no_such_reward'")
+    code, _, err = run(["train", "-c", str(cfg), "--reward.functions[0].name", "boxed_answer",
+                        "--algorithm.name", "dapo", "--algorithm.kl_coef", "0.1"], capsys)
+    assert code == 2 and err.endswith("algorithm.kl_coef: dapo has no KL term (the DAPO paper drops it); "
+                                      "set 0 or use grpo\n")
