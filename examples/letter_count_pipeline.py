@@ -87,6 +87,9 @@ def plot(metrics: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/quickstart", help="where everything is written")
+    parser.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    parser.add_argument("--hidden", type=int, default=128, help="tiny model width")
+    parser.add_argument("--vocab", type=int, default=1024, help="tokenizer size (300: about one token per letter)")
     parser.add_argument("--sft-steps", type=int, default=30,
                         help="SFT steps: brief, so the model emits the answer format but counts poorly")
     parser.add_argument("--grpo-steps", type=int, default=None, help="override the GRPO recipe's max_steps")
@@ -95,7 +98,7 @@ def main() -> None:
     from rayalign.models.tiny import create_tiny
 
     print("[1/5] tiny model + data")
-    model_dir = create_tiny(out / "tiny-model")
+    model_dir = create_tiny(out / "tiny-model", layers=args.layers, hidden=args.hidden, vocab=args.vocab)
     paths = make_data(out)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     timings: dict[str, float] = {}
