@@ -87,8 +87,9 @@ class PolicyLearner:
         self.seed, self.device, self.reference = seed, device, reference
         self.loss_fn, self.unit = policy_loss(algorithm, max_new_tokens)
 
-    def _units(self, batch: RolloutBatch) -> float:
-        return float(batch.completion_mask.sum()) if self.unit == "tokens" else float(batch.input_ids.shape[0])
+    def _units(self, completion_mask: torch.Tensor) -> float:
+        """What the loss averages over in these rows: completion tokens or sequences."""
+        return float(completion_mask.sum()) if self.unit == "tokens" else float(completion_mask.shape[0])
 
     @torch.no_grad()
     def _old_logps(self, batch: RolloutBatch, micro_batches) -> tuple[torch.Tensor, dict[str, float]]:
@@ -141,7 +142,7 @@ class PolicyLearner:
     def _update(self, batch: RolloutBatch, micro_batches, old, stats: dict | None, sums: dict) -> None:
         """One optimizer step over one mini-batch (this rank's micro batches)."""
         world = sharding.world()[1]
-        local = sum(self._units(batch.select(rows)) for rows, real in micro_batches if real)
+        local = sum(self._units(batch.completion_mask[rows]) for rows, real in micro_batches if real)
         total = sharding.all_reduce_sum([local], self.device)[0]
         for i, (rows, real) in enumerate(micro_batches):
             part = _trim(batch.select(rows)).to(self.device)
@@ -151,7 +152,7 @@ class PolicyLearner:
                 old_logp = logp.detach() if old is None else old[rows, :logp.shape[1]].to(self.device)
                 ref = self._ref_logps(part)
                 loss, metrics = self.loss_fn(logp, old_logp, part.advantages, part.completion_mask, ref_logp=ref)
-                weight = self._units(part) / max(total, 1e-9) if real else 0.0
+                weight = self._units(part.completion_mask) / max(total, 1e-9) if real else 0.0
                 (loss * weight * world).backward()
             if stats is not None and real:
                 self._add_stats(stats, part, logp, entropy)

@@ -43,6 +43,7 @@ def fingerprinted(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
 class LearnerWorker:
     def __init__(self, world: int, scaling: ScalingConfig):
         self.rank, self.world, self.scaling = 0, world, scaling
+        self._merge_copy = None  # LoRA: the CPU peft model that merges adapters for each sync, built once
         quiet_actor(scaling.torch_threads or max(1, int(scaling.cpus_per_worker)))
 
     def ready(self) -> bool:
@@ -81,8 +82,8 @@ class LearnerWorker:
     def gather_weights(self) -> tuple[list[tuple[str, torch.Tensor]] | None, tuple[float, float] | None]:
         """(full weights by HF name, their fingerprint) on rank 0, (None, None) elsewhere. A collective.
 
-        LoRA: the adapter is merged into a copy of each adapted weight (W + scale B A), so engines run
-        plain models; peft's ``merge_and_unload`` on a CPU copy of the gathered state does the math."""
+        LoRA: engines run plain models, so the adapter is merged (W + scale B A) in a CPU copy of the
+        peft model, see ``_merged``."""
         state = sharding.full_model_state(self.learner.model)
         if self.rank != 0:
             return None, None
@@ -95,7 +96,7 @@ class LearnerWorker:
     def _merged(self, state: dict) -> tuple[dict, list[torch.Tensor]]:
         """LoRA: the gathered peft state loaded into a CPU copy, adapters merged (peft's
         ``merge_adapter``), plain HF names read off, adapters unmerged again."""
-        if getattr(self, "_merge_copy", None) is None:
+        if self._merge_copy is None:
             from peft import get_peft_model
 
             peft_cfg = sharding.unwrap(self.learner.model).peft_config["default"]

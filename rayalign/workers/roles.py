@@ -7,6 +7,8 @@ actor that does not fit and wait forever, so a shortfall is an error naming each
 
 from __future__ import annotations
 
+import dataclasses
+
 import ray
 import torch
 
@@ -78,7 +80,7 @@ class RLRoles:
             chunk = prompts[i * size:(i + 1) * size]
             if chunk:
                 seed = None if spec.seed is None else spec.seed + i * size * spec.n
-                calls.append(worker.generate.remote(chunk, SamplingSpec(**{**spec.__dict__, "seed": seed})))
+                calls.append(worker.generate.remote(chunk, dataclasses.replace(spec, seed=seed)))
         return [group for part in ray.get(calls) for group in part]
 
     def score(self, samples: list[Sample]) -> list[Scored]:
