@@ -59,6 +59,23 @@ def train(ctx: typer.Context, config: Path = ConfigOpt,
     run(cfg, echo=typer.echo)
 
 
+@app.command(context_settings=OVERRIDES)
+def serve(ctx: typer.Context,
+          config: Optional[Path] = typer.Option(None, "-c", "--config", help="recipe YAML (model: and serve:)"),
+          model: Optional[str] = typer.Option(None, "--model", help="model path or hub name (no config needed)"),
+          port: Optional[int] = typer.Option(None, "--port", help="HTTP port (serve.port)"),
+          detach: bool = typer.Option(False, "--detach", help="leave the app running on the Ray cluster")) -> None:
+    """OpenAI-compatible inference on Ray Serve (/v1/models, /v1/chat/completions, /v1/completions)."""
+    from rayalign.config_io import load_config
+    from rayalign.serve.deploy import run_server
+
+    if config is None and model is None:
+        raise UserError("serve needs -c CONFIG or --model PATH_OR_NAME")
+    extra = (["--model.name_or_path", model] if model else []) + (["--serve.port", str(port)] if port else [])
+    cfg = load_config(config, extra + ctx.args)
+    run_server(cfg.model, cfg.serve, detach=detach, echo=typer.echo)
+
+
 def _not_built(name: str, what: str) -> None:
     @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
     def _cmd(ctx: typer.Context) -> None:
@@ -66,7 +83,6 @@ def _not_built(name: str, what: str) -> None:
 
 
 for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),
-                     ("serve", "OpenAI-compatible inference on Ray Serve"),
                      ("infer", "Interactive or batch inference"),
                      ("judge", "Score a dataset with an LLM judge"),
                      ("evaluate", "Evaluate a model on tasks")):

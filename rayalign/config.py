@@ -174,15 +174,78 @@ class RewardConfig(Section):
 
 
 class ServeConfig(Section):
-    host: str = Field("127.0.0.1", description="bind address")
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 to accept other machines)")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port")
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the model path")
-    api_key: str | None = Field(None, description="required Bearer key; null = open")
+    api_key: str | None = Field(None, description="required Bearer key; null = api_key_env, else open")
+    api_key_env: str = Field("RAYALIGN_API_KEY", description="environment variable read when api_key is null")
+    engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine of each replica")
+    max_model_len: int | None = Field(None, gt=0, description="prompt + completion tokens; null = model's")
+    gpu_memory_utilization: float = Field(
+        0.2, gt=0, le=1, description="vLLM memory share (of RAM on CPU builds)"
+    )
+    kv_cache_gib: int = Field(1, gt=0, description="VLLM_CPU_KVCACHE_SPACE for CPU builds")
     num_replicas: int = Field(1, gt=0, description="Serve replicas (ignored with autoscaling)")
     autoscaling: bool = Field(False, description="scale between min_replicas and max_replicas")
     min_replicas: int = Field(1, ge=0, description="autoscaling floor")
     max_replicas: int = Field(1, gt=0, description="autoscaling ceiling")
+    target_ongoing_requests: float = Field(8, gt=0, description="autoscaling: requests per replica to aim at")
+    max_ongoing_requests: int = Field(64, gt=0, description="requests a replica takes at once (vLLM batches them)")
     num_cpus: float = Field(1.0, gt=0, description="Ray CPUs per replica")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 for CUDA vLLM)")
+    torch_threads: int = Field(2, gt=0, description="torch threads per replica (CPU engines)")
+    deploy_timeout_s: float = Field(300, gt=0, description="give up when replicas are not up by then")
+    app_name: str = Field("rayalign", min_length=1, description="Serve application name")
+
+
+class JudgeConfig(Section):
+    """A judge file (``rayalign judge -c judge.yaml``, ``reward.judge``, evaluate's judge tasks): which
+    model answers (a local model served on Ray Serve, or any OpenAI-compatible URL), how it is asked
+    (the template) and how its answer is read (the parser)."""
+    template: str = Field("helpfulness", description="built-in judge (helpfulness | correctness | safety | "
+                          "pairwise) or a prompt with {prompt} {response} [{reference}], pairwise {response_a} "
+                          "{response_b}")
+    parser: Literal["score", "yes_no", "pairwise", "json"] | None = Field(
+        None, description="how the verdict is read; default: the built-in judge's")
+    json_key: str = Field("score", description="json parser: the key holding the number")
+    model: ModelConfig | None = Field(None, description="a local judge model, deployed as a Serve app")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="serving of the local judge model")
+    base_url: str | None = Field(None, description="an OpenAI-compatible API instead of a local model")
+    model_name: str | None = Field(None, description="model name sent to base_url")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with base_url's key")
+    temperature: float = Field(0.0, ge=0, le=2, description="judge sampling temperature")
+    max_tokens: int = Field(256, gt=0, description="judge answer length cap")
+    max_retries: int = Field(2, ge=0, description="extra asks when the verdict cannot be parsed")
+    retry_temperature: float = Field(0.7, ge=0, le=2, description="temperature of the extra asks")
+    concurrency: int = Field(16, gt=0, description="requests in flight at once")
+    timeout_s: float = Field(120, gt=0, description="per-request timeout")
+    cache: str | None = Field("~/.cache/rayalign/judge.sqlite",
+                              description="verdict cache keyed by (judge config, inputs); null = off")
+
+
+class EvalTaskConfig(Section):
+    name: str = Field(..., min_length=1, description="label in the results table")
+    kind: Literal["generate", "multiple_choice", "perplexity", "judge"] = Field(
+        ..., description="verifiable generation | log-likelihood choice | text perplexity | judge score")
+    task: str | None = Field(None, description="generate: built-in task (letter_count | arithmetic | countdown)")
+    path: str | None = Field(None, description="multiple_choice: JSONL; perplexity: text file; judge: prompts "
+                             "JSONL; null = the built-in set")
+    num_samples: int = Field(100, gt=0, description="examples (generated tasks; first N rows of files)")
+    seed: int = Field(1234, description="task generator seed (held out from training's 0..)")
+    max_new_tokens: int = Field(64, gt=0, description="generation length cap")
+    judge: str | None = Field(None, description="judge: judge YAML file")
+    baseline: ModelConfig | None = Field(None, description="judge: a second model for the win rate")
+
+
+class EvalConfig(Section):
+    """An evaluation file (``rayalign evaluate -c eval.yaml``)."""
+    model: ModelConfig = Field(..., description="the model under evaluation")
+    tasks: list[EvalTaskConfig] = Field(..., min_length=1, description="what to measure")
+    engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine")
+    max_model_len: int = Field(1024, gt=0, description="prompt + completion tokens")
+    temperature: float = Field(0.0, ge=0, description="generation temperature (0 = greedy)")
+    batch_size: int = Field(8, gt=0, description="sequences per forward (log-likelihood tasks)")
+    output_dir: str = Field("outputs/eval", description="results.json goes here")
 
 
 class TuneConfig(Section):
@@ -215,8 +278,13 @@ TRAINER_DATA_FORMAT: dict[str, str] = {
 }
 
 
-def cross_field_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """Checks that span sections, as (key path, message) pairs; empty when the recipe is coherent."""
+def cross_field_errors(cfg: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span fields, as (key path, message) pairs; empty when the config is coherent."""
+    if isinstance(cfg, JudgeConfig):
+        return _judge_errors(cfg)
+    if isinstance(cfg, EvalConfig):
+        return _eval_errors(cfg)
+    assert isinstance(cfg, RecipeConfig)
     errors: list[tuple[tuple[str | int, ...], str]] = []
     want = TRAINER_DATA_FORMAT[cfg.trainer]
     for split in ("train", "eval"):
@@ -248,4 +316,40 @@ def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
                        f"({cfg.data.train.max_length}), the prompt + completion budget"))
     if a.overlong_buffer and a.overlong_buffer > cfg.rollout.max_new_tokens:
         errors.append((("algorithm", "overlong_buffer"), "must not exceed rollout.max_new_tokens"))
+    return errors
+
+
+BUILTIN_JUDGES = ("helpfulness", "correctness", "safety", "pairwise")
+EVAL_NEEDS: dict[str, str] = {"generate": "task", "judge": "judge"}
+
+
+def _judge_errors(cfg: JudgeConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    if (cfg.model is None) == (cfg.base_url is None):
+        errors.append((("model",), "set exactly one of model (a local judge) and base_url (an API)"))
+    if cfg.base_url is not None and not cfg.model_name:
+        errors.append((("model_name",), "required with base_url: the model name the API serves"))
+    if cfg.template not in BUILTIN_JUDGES:
+        if cfg.parser is None:
+            errors.append((("parser",), "a custom template needs a parser (score | yes_no | pairwise | json)"))
+        slots = ("{response_a}", "{response_b}") if cfg.parser == "pairwise" else ("{response}",)
+        missing = [slot for slot in ("{prompt}", *slots) if slot not in cfg.template]
+        if missing:
+            errors.append((("template",), f"not a built-in judge ({', '.join(BUILTIN_JUDGES)}) and the "
+                           f"prompt lacks {', '.join(missing)}"))
+    return errors
+
+
+def _eval_errors(cfg: EvalConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    for i, task in enumerate(cfg.tasks):
+        need = EVAL_NEEDS.get(task.kind)
+        if need and getattr(task, need) is None:
+            errors.append((("tasks", i, need), f"required for kind '{task.kind}'"))
+        if task.kind == "perplexity" and task.path is None:
+            errors.append((("tasks", i, "path"), "required for kind 'perplexity' (a text file)"))
+    names = [t.name for t in cfg.tasks]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.append((("tasks", i, "name"), f"'{name}' is used twice"))
     return errors

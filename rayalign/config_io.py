@@ -12,7 +12,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -21,6 +21,7 @@ from rayalign.config import RecipeConfig, cross_field_errors
 from rayalign.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
+C = TypeVar("C", bound=BaseModel)
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
@@ -118,8 +119,8 @@ def _data_path(data: Any, loc: Sequence[str | int]) -> KeyPath:
     return tuple(out)
 
 
-def _model_at(path: KeyPath) -> type[BaseModel] | None:
-    model: Any = RecipeConfig
+def _model_at(path: KeyPath, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: Any = root
     for part in path:
         if isinstance(part, int) or model is None:
             continue
@@ -140,10 +141,10 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(err: dict, path: KeyPath) -> str:
+def _describe(err: dict, path: KeyPath, root: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent = _model_at(path[:-1])
+        parent = _model_at(path[:-1], root)
         known = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(path[-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
@@ -195,30 +196,33 @@ def _read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
     return data, root
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RecipeConfig:
-    """Load a recipe from YAML, apply ``--key value`` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                kind: type[C] = RecipeConfig) -> C:
+    """Load a config (a recipe, or ``kind``: a judge or an evaluation) from YAML, apply ``--key value``
+    overrides, validate."""
     file = Path(path) if path is not None else None
     data, root = _read_yaml(file) if file is not None else ({}, None)
-    return _validate(data, _Source(file, root, []), parse_overrides(overrides))
+    return _validate(data, _Source(file, root, []), parse_overrides(overrides), kind)
 
 
 def with_overrides(cfg: RecipeConfig, updates: dict[str, Any]) -> RecipeConfig:
     """Python-API twin of CLI overrides: ``with_overrides(cfg, {"training.max_steps": 5})``."""
     parsed = [(parse_key_path(key), value) for key, value in updates.items()]
-    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), parsed)
+    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), parsed,
+                     RecipeConfig)
 
 
-def _validate(data: dict, source: "_Source", overrides: list[tuple[KeyPath, Any]]) -> RecipeConfig:
+def _validate(data: dict, source: "_Source", overrides: list[tuple[KeyPath, Any]], kind: type[C]) -> C:
     for key, value in overrides:
         _set_path(data, key, value)
         source.overridden.append(key)
     try:
-        cfg = RecipeConfig.model_validate(data)
+        cfg = kind.model_validate(data)
     except ValidationError as exc:
         errs = exc.errors()
         key = _data_path(data, errs[0]["loc"])
         more = f" (+{len(errs) - 1} more; fix this one first)" if len(errs) > 1 else ""
-        raise ConfigError(source.error(key, _describe(errs[0], key) + more)) from exc
+        raise ConfigError(source.error(key, _describe(errs[0], key, kind) + more)) from exc
     for key, message in cross_field_errors(cfg):
         raise ConfigError(source.error(key, message))
     return cfg

@@ -66,11 +66,13 @@ def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: A
             "kl": _fit(prompt, _ids(tokenizer, kl_tail), max_length), "label": bool(row["label"])}
 
 
-def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any, max_length: int) -> list[int]:
-    """An RL prompt's ids: a message list through the chat template with the generation prompt, a
-    plain string as it is (as TRL's GRPO does); the end is kept when longer than ``max_length``."""
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any, max_length: int | None) -> list[int]:
+    """A prompt's ids (RL, serving, evaluation): a message list through the chat template with the
+    generation prompt, a plain string as it is (as TRL's GRPO does); the end is kept when longer than
+    ``max_length`` (None: all of it)."""
     text = prompt if isinstance(prompt, str) else _render(tokenizer, prompt, True)
-    return _ids(tokenizer, text)[-max_length:]
+    ids = _ids(tokenizer, text)
+    return ids if max_length is None else ids[-max_length:]
 
 
 def pad_pairs(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:

@@ -4,6 +4,7 @@ Prompts go in as token ids (the caller renders chat templates, so RL, serving an
 the same way); each prompt yields ``n`` :class:`Completion`s with the sampled token ids and the
 log-probability of each sampled token under the engine's weights (raw model log-probs, before
 temperature / top-p: the numbers the learner recomputes for the mismatch metric and the PPO ratio).
+``stream`` yields the same completions piece by piece (:class:`Delta`), for serving.
 
 ``load_weights`` replaces the engine's weights with the learner's (full, unsharded tensors by HF
 parameter name); ``fingerprint`` is a cheap summary of the weights the engine is actually running, equal
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import AsyncIterator, Iterable, Protocol
 
 import torch
 
@@ -27,6 +28,7 @@ class SamplingSpec:
     max_new_tokens: int = 64
     seed: int | None = None       # prompt j samples with seed + j * n (reproducible); None = engine's stream
     stop: tuple[str, ...] = ()    # stop strings (the EOS / end-of-turn token always stops)
+    top_logprobs: int = 0         # also report the k most likely tokens at each step (serving)
 
 
 @dataclass
@@ -35,11 +37,29 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)   # log pi(token_t | prefix), one per token_ids
     text: str = ""
     finish_reason: str = "length"                         # "stop" | "length"
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)  # per token: top-k id -> logprob
+
+
+@dataclass
+class Delta:
+    """The next piece of completion ``index`` (0 <= index < n) while it is being generated."""
+    index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None                      # set on the completion's last piece
 
 
 class GenerationEngine(Protocol):
+    max_model_len: int  # prompt + completion tokens the engine accepts
+
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """For each prompt (token ids), ``spec.n`` completions."""
+
+    def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
+        """Async: the ``spec.n`` completions of one prompt as they are produced; safe to call from many
+        concurrent requests; closing the iterator early aborts the generation."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights (HF names, full tensors) in place."""

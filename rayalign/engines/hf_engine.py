@@ -3,19 +3,23 @@
 Sampling uses transformers' own ``generate`` (temperature, top-p, stop strings, EOS). The reported
 log-probs are then recomputed with one forward pass over prompt + completion, so they are the raw model's
 log-probs (before temperature / top-p), the same quantity the vLLM engine reports.
+
+One request runs at a time (a lock; the model is not shared between threads). ``stream`` generates the
+completions, then hands them out token by token: the HF fallback has no early first token.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import asyncio
+import threading
+from typing import AsyncIterator, Iterable
 
 import torch
 
 from rayalign.config import ModelConfig
 from rayalign.data.collate import pad_pairs
-from rayalign.engines.base import Completion, SamplingSpec, weights_fingerprint
+from rayalign.engines.base import Completion, Delta, SamplingSpec, weights_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
-from rayalign.models.logprobs import token_logps
 
 
 def unique_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -36,6 +40,8 @@ class HFEngine:
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos.add(self.tokenizer.eos_token_id)
+        self.max_model_len: int = self.model.config.max_position_embeddings
+        self._lock = threading.Lock()
 
     def _sample(self, prompt: list[int], spec: SamplingSpec, index: int) -> list[list[int]]:
         if spec.seed is not None:
@@ -55,23 +61,48 @@ class HFEngine:
         return samples
 
     @torch.no_grad()
-    def _logprobs(self, prompt: list[int], samples: list[list[int]]) -> list[list[float]]:
+    def _logprobs(self, prompt: list[int], samples: list[list[int]], k: int
+                  ) -> tuple[list[list[float]], list[list[dict[int, float]]]]:
+        """Per sample: each token's log-prob and (k > 0) the k best tokens at each step."""
         ids, mask, labels = pad_pairs([(prompt, s) for s in samples], self.tokenizer.pad_token_id)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        logp, _ = token_logps(logits, labels.to(self.device))
-        start = len(prompt) - 1  # logp[:, t] scores token t + 1
-        return [logp[i, start:start + len(s)].tolist() for i, s in enumerate(samples)]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # column t scores token t + 1
+        target = labels[:, 1:].to(self.device).clamp(min=0)  # -100 (prompt, padding) is never read
+        picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        start = len(prompt) - 1
+        sampled = [picked[i, start:start + len(s)].tolist() for i, s in enumerate(samples)]
+        if not k:
+            return sampled, [[] for _ in samples]
+        values, indices = logp.topk(k, dim=-1)
+        top = [[dict(zip(indices[i, t].tolist(), values[i, t].tolist())) for t in range(start, start + len(s))]
+               for i, s in enumerate(samples)]
+        return sampled, top
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        results = []
-        for index, prompt in enumerate(prompts):
-            samples = self._sample(prompt, spec, index)
-            logprobs = self._logprobs(prompt, samples) if any(samples) else [[] for _ in samples]
-            results.append([Completion(
-                token_ids=s, logprobs=lp, text=self.tokenizer.decode(s, skip_special_tokens=True),
-                finish_reason="stop" if (s and s[-1] in self.eos) or self._hit_stop(s, spec) else "length")
-                for s, lp in zip(samples, logprobs)])
-        return results
+        with self._lock:
+            return [self._complete(prompt, spec, index) for index, prompt in enumerate(prompts)]
+
+    def _complete(self, prompt: list[int], spec: SamplingSpec, index: int) -> list[Completion]:
+        samples = self._sample(prompt, spec, index)
+        empty = [[] for _ in samples]
+        logprobs, top = self._logprobs(prompt, samples, spec.top_logprobs) if any(samples) else (empty, empty)
+        return [Completion(
+            token_ids=s, logprobs=lp, text=self.tokenizer.decode(s, skip_special_tokens=True), top_logprobs=tp,
+            finish_reason="stop" if (s and s[-1] in self.eos) or self._hit_stop(s, spec) else "length")
+            for s, lp, tp in zip(samples, logprobs, top)]
+
+    async def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
+        [completions] = await asyncio.to_thread(self.generate, [prompt], spec)
+        for index, c in enumerate(completions):
+            text = ""
+            for t, token in enumerate(c.token_ids):
+                upto = self.tokenizer.decode(c.token_ids[:t + 1], skip_special_tokens=True)
+                last = t == len(c.token_ids) - 1
+                yield Delta(index=index, token_ids=[token], logprobs=[c.logprobs[t]], text=upto[len(text):],
+                            top_logprobs=c.top_logprobs[t:t + 1], finish_reason=c.finish_reason if last else None)
+                text = upto
+            if not c.token_ids:
+                yield Delta(index=index, token_ids=[], logprobs=[], text="", finish_reason=c.finish_reason)
 
     def _hit_stop(self, tokens: list[int], spec: SamplingSpec) -> bool:
         text = self.tokenizer.decode(tokens)

@@ -1,9 +1,13 @@
-"""The vLLM engine: ``vllm.LLM`` behind the :class:`~rayalign.engines.base.GenerationEngine` interface.
+"""The vLLM engine: vLLM's ``AsyncLLM`` behind the :class:`~rayalign.engines.base.GenerationEngine`
+interface, for RL rollout (batched ``generate``) and serving (``stream``, many concurrent requests into
+one continuous batch).
 
-A plain class, so a Ray rollout actor or a Ray Serve replica builds one in its own process. Three
-settings carry the interface's promises:
+A plain class, so a Ray rollout actor or a Ray Serve replica builds one in its own process. The async
+engine runs on its own event-loop thread: synchronous callers (rollout actors, batch inference) block on
+it, and async callers (a Serve replica's loop) get their pieces through a queue. Three settings carry
+the interface's promises:
 
-- ``logprobs_mode="raw_logprobs"`` with ``SamplingParams(logprobs=0)``: vLLM reports the sampled
+- ``logprobs_mode="raw_logprobs"`` with ``SamplingParams(logprobs=k)``: vLLM reports the sampled
   token's log-prob from the logits before temperature / top-p, the number the learner recomputes.
 - ``worker_extension_cls``: the weight-sync methods of :mod:`rayalign.engines.vllm_ext`, run inside
   vLLM's worker (``collective_rpc``), where the weights live.
@@ -16,26 +20,37 @@ Stop tokens come from the model: vLLM stops at the tokenizer's EOS and at every 
 
 from __future__ import annotations
 
-from typing import Iterable
+import asyncio
+import dataclasses
+import threading
+import uuid
+from typing import AsyncIterator, Awaitable, Iterable, TypeVar
 
 import torch
-from vllm import LLM, SamplingParams
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
-from vllm.outputs import CompletionOutput
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
 
 from rayalign.config import ModelConfig
 from rayalign.engines import vllm_ext
-from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.engines.base import Completion, Delta, SamplingSpec
+
+T = TypeVar("T")
 
 
-def sampling_params(spec: SamplingSpec, index: int = 0) -> SamplingParams:
+def sampling_params(spec: SamplingSpec, index: int = 0,
+                    kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY) -> SamplingParams:
     # temperature 0 is greedy in vLLM too (it then ignores top_p). A seed makes a request reproducible
     # whatever else is batched with it; prompt ``index`` gets seed + index * n so no two prompts share
     # a random stream (vLLM gives child i of an n-sample request seed + i).
     seed = None if spec.seed is None else spec.seed + index * spec.n
     return SamplingParams(
         n=1 if spec.temperature == 0 else spec.n, temperature=spec.temperature, top_p=spec.top_p,
-        max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=0)
+        max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=spec.top_logprobs,
+        output_kind=kind)
 
 
 def copies_per_prompt(spec: SamplingSpec) -> int:
@@ -43,45 +58,110 @@ def copies_per_prompt(spec: SamplingSpec) -> int:
     return spec.n if spec.temperature == 0 else 1
 
 
-def to_completion(out: CompletionOutput) -> Completion:
-    tokens = list(out.token_ids)
+def _logprobs(out: CompletionOutput, k: int) -> tuple[list[float], list[dict[int, float]]]:
+    """The sampled tokens' log-probs and, with k > 0, the k best tokens at each step (vLLM ranks from 1)."""
+    steps = list(zip(out.token_ids, out.logprobs or []))
+    sampled = [step[token].logprob for token, step in steps]
+    top = [{t: lp.logprob for t, lp in step.items() if lp.rank is not None and lp.rank <= k}
+           for _, step in steps] if k else []
+    return sampled, top
+
+
+def to_completion(out: CompletionOutput, k: int = 0) -> Completion:
+    logprobs, top = _logprobs(out, k)
     return Completion(
-        token_ids=tokens,
-        logprobs=[step[token].logprob for token, step in zip(tokens, out.logprobs)],
-        text=out.text,
+        token_ids=list(out.token_ids), logprobs=logprobs, text=out.text, top_logprobs=top,
         # vLLM says "stop" for a stop token or string, "length" at max_tokens ("abort" only on shutdown)
         finish_reason="stop" if out.finish_reason == "stop" else "length")
 
 
+def to_delta(index: int, out: CompletionOutput, k: int) -> Delta:
+    logprobs, top = _logprobs(out, k)
+    finish = None if out.finish_reason is None else "stop" if out.finish_reason == "stop" else "length"
+    return Delta(index=index, token_ids=list(out.token_ids), logprobs=logprobs, text=out.text,
+                 top_logprobs=top, finish_reason=finish)
+
+
 class VLLMEngine:
-    def __init__(self, model: ModelConfig, *, max_model_len: int, gpu_memory_utilization: float = 0.2,
-                 seed: int = 0, enforce_eager: bool = True):
+    def __init__(self, model: ModelConfig, *, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.2, seed: int = 0, enforce_eager: bool = True):
         # LoRA runs merged: the learner sends full merged weights through load_weights.
-        self.llm = LLM(
+        args = AsyncEngineArgs(
             model=model.name_or_path, tokenizer=model.tokenizer, revision=model.revision,
             dtype=model.dtype, trust_remote_code=model.trust_remote_code, seed=seed,
             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager, logprobs_mode="raw_logprobs",
+            enforce_eager=enforce_eager, logprobs_mode="raw_logprobs", disable_log_stats=True,
             worker_extension_cls=f"{vllm_ext.__name__}.{vllm_ext.WeightSyncExtension.__name__}")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+        self.llm: AsyncLLM = self._run(self._start(args))
+        self.max_model_len: int = self.llm.model_config.max_model_len
+
+    @staticmethod
+    async def _start(args: AsyncEngineArgs) -> AsyncLLM:
+        return AsyncLLM.from_engine_args(args)  # built on the engine loop, so its output handler runs there
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine on the engine's loop and wait for it (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _final(self, prompt: list[int], params: SamplingParams) -> RequestOutput:
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
+            final = out  # FINAL_ONLY: one output, all n completions
+        return final
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         copies = copies_per_prompt(spec)
-        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts for _ in range(copies)]
-        params = [sampling_params(spec, j) for j in range(len(prompts)) for _ in range(copies)]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [[to_completion(o) for out in outputs[i:i + copies] for o in out.outputs]
+
+        async def all_requests() -> list[RequestOutput]:  # submitted together: one continuous batch
+            return await asyncio.gather(*(self._final(p, sampling_params(spec, j))
+                                          for j, p in enumerate(prompts) for _ in range(copies)))
+
+        outputs = self._run(all_requests())
+        return [[to_completion(o, spec.top_logprobs) for out in outputs[i:i + copies] for o in out.outputs]
                 for i in range(0, len(outputs), copies)]
 
+    async def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
+        # One request per completion i with seed + i: the same samples an n-request with the seed gives.
+        caller, pieces = asyncio.get_running_loop(), asyncio.Queue()
+        put = lambda item: caller.call_soon_threadsafe(pieces.put_nowait, item)  # noqa: E731
+
+        async def one(i: int) -> None:
+            seed = None if spec.seed is None else spec.seed + i
+            params = sampling_params(dataclasses.replace(spec, n=1, seed=seed), kind=RequestOutputKind.DELTA)
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
+                for o in out.outputs:
+                    put(to_delta(i, o, spec.top_logprobs))
+
+        async def produce() -> None:
+            try:
+                await asyncio.gather(*(one(i) for i in range(spec.n)))
+                put(None)
+            except Exception as exc:  # handed to the caller's loop and raised there
+                put(exc)
+
+        task = asyncio.run_coroutine_threadsafe(produce(), self._loop)
+        try:
+            while (item := await pieces.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            task.cancel()  # a client that went away: vLLM aborts the requests on cancellation
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.llm.collective_rpc("load_hf_weights", args=(vllm_ext.pack_weights(weights),))
-        if not self.llm.reset_prefix_cache():
+        self._run(self.llm.collective_rpc("load_hf_weights", args=(vllm_ext.pack_weights(weights),)))
+        if not self._run(self.llm.reset_prefix_cache()):
             raise RuntimeError("vLLM engine: prefix cache not reset after a weight load (requests still "
                                "running?); cached KV would mix old and new weights")
 
     def fingerprint(self) -> tuple[float, float]:
-        (fp,) = self.llm.collective_rpc("weights_fingerprint")  # one worker: no tensor parallelism
+        (fp,) = self._run(self.llm.collective_rpc("weights_fingerprint"))  # one worker: no tensor parallelism
         return float(fp[0]), float(fp[1])
 
     def close(self) -> None:
         """Stop vLLM's engine-core and worker processes now rather than at garbage collection."""
-        self.llm.llm_engine.engine_core.shutdown()
+        self.llm.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

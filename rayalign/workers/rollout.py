@@ -6,12 +6,11 @@ raw log-probs out, weight loading, the sync fingerprint) is the engine interface
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from rayalign.config import ModelConfig, RolloutConfig
 from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.engines.build import build_engine
 from rayalign.workers.group import quiet_actor
 
 
@@ -19,16 +18,9 @@ class RolloutWorker:
     def __init__(self, model: ModelConfig, cfg: RolloutConfig, max_model_len: int, seed: int,
                  torch_threads: int = 1):
         quiet_actor(torch_threads)
-        if cfg.engine == "vllm":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-            from rayalign.engines.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model, max_model_len=max_model_len,
-                                     gpu_memory_utilization=cfg.gpu_memory_utilization, seed=seed)
-        else:
-            from rayalign.engines.hf_engine import HFEngine
-
-            self.engine = HFEngine(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.engine = build_engine(cfg.engine, model, max_model_len=max_model_len,
+                                   gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                   kv_cache_gib=cfg.kv_cache_gib, seed=seed)
 
     def ready(self) -> bool:
         return True

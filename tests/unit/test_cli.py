@@ -35,10 +35,17 @@ def test_help_lists_every_command(capsys):
         assert f" {cmd} " in out
 
 
-@pytest.mark.parametrize("cmd", ["tune", "serve", "infer", "judge", "evaluate"])
+@pytest.mark.parametrize("cmd", ["tune", "infer", "judge", "evaluate"])
 def test_unbuilt_commands_say_so(cmd, capsys):
     code, out, err = run([cmd, "-c", "x.yaml"], capsys)
     assert code == 2 and err == f"error: 'rayalign {cmd}' is not built yet\n"
+
+
+def test_serve_needs_a_model(capsys):
+    code, _, err = run(["serve"], capsys)
+    assert (code, err) == (2, "error: serve needs -c CONFIG or --model PATH_OR_NAME\n")
+    code, _, err = run(["serve", "--model", "m", "--serve.min_replicas", "3", "--serve.autoscaling", "true"], capsys)
+    assert (code, err) == (2, "error: override --serve.min_replicas: min_replicas 3 > max_replicas 1\n")
 
 
 def test_data_make_then_validate(tmp_path, capsys):

@@ -1,0 +1,106 @@
+"""Deploying the OpenAI-compatible app on Ray Serve: replicas and autoscaling from ``serve:``, a resource
+check before anything starts, and a deploy timeout naming what is missing (Ray Serve otherwise waits
+forever for replicas the cluster cannot place).
+
+``rayalign serve`` deploys, prints the URL and stays up until Ctrl-C (then deletes the app); with
+``--detach`` it leaves the app on the cluster (stop it with ``serve shutdown`` or ``serve.delete``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import ray
+from ray import serve
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ApplicationStatus
+
+from rayalign.config import ModelConfig, ServeConfig
+from rayalign.errors import UserError
+from rayalign.serve.server import OpenAIServer
+
+
+class DeployError(UserError):
+    """The app could not be placed or did not come up; the message names the config keys to change."""
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """``serve.api_key``, else the ``serve.api_key_env`` variable, else none (an open server)."""
+    return cfg.api_key or os.environ.get(cfg.api_key_env) or None
+
+
+def application(model: ModelConfig, cfg: ServeConfig) -> serve.Application:
+    options: dict = {"ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                     "max_ongoing_requests": cfg.max_ongoing_requests}
+    if cfg.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                         "target_ongoing_requests": cfg.target_ongoing_requests}
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return OpenAIServer.options(**options).bind(model, cfg, api_key(cfg))
+
+
+def check_resources(cfg: ServeConfig) -> None:
+    replicas = max(cfg.min_replicas, 1) if cfg.autoscaling else cfg.num_replicas
+    free = ray.available_resources()
+    for kind, each in (("CPU", cfg.num_cpus), ("GPU", cfg.num_gpus)):
+        if each and replicas * each > free.get(kind, 0) + 1e-9:
+            key = "num_cpus" if kind == "CPU" else "num_gpus"
+            raise DeployError(f"serve: {replicas} replica(s) x {each:g} {kind} = {replicas * each:g} {kind}, "
+                              f"the cluster has {free.get(kind, 0):g} free (lower serve.{key} or the replicas)")
+
+
+def deploy(model: ModelConfig, cfg: ServeConfig) -> str:
+    """Deploy (replacing an app of the same name) and wait until it serves; the API's base URL."""
+    check_resources(cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    http = _get_global_client().http_config  # Serve's HTTP options are set once per cluster
+    if (http.host, http.port) != (cfg.host, cfg.port):
+        raise DeployError(f"serve: Ray Serve already listens on {http.host}:{http.port} on this cluster; "
+                          f"set serve.host/serve.port to that, or stop it first (serve shutdown)")
+    serve.run_many([serve.RunTarget(target=application(model, cfg), name=cfg.app_name, route_prefix="/")],
+                   wait_for_applications_running=False)
+    wait_running(cfg.app_name, cfg.deploy_timeout_s)
+    return f"http://{cfg.host}:{cfg.port}/v1"
+
+
+def wait_running(name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        state = app.status if app else ApplicationStatus.NOT_STARTED
+        if state == ApplicationStatus.RUNNING:
+            return
+        if state in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            serve.delete(name)
+            raise DeployError(f"serve: app '{name}' failed to start: {app.message.strip().splitlines()[-1]}")
+        if time.monotonic() > deadline:
+            serve.delete(name)
+            raise DeployError(f"serve: replicas of '{name}' not running within {timeout_s:g}s (free "
+                              f"{ray.available_resources().get('CPU', 0):g} CPU); raise serve.deploy_timeout_s "
+                              "or lower serve.num_cpus / replicas")
+        time.sleep(0.5)
+
+
+def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Callable[[str], None]) -> None:
+    """The ``rayalign serve`` command: connect to (or start) Ray, deploy, and serve until Ctrl-C."""
+    try:
+        ray.init(address="auto" if detach else None, log_to_driver=False)
+    except ConnectionError:
+        raise UserError("--detach needs a running Ray cluster to leave the app on (ray start --head)") from None
+    url = deploy(model, cfg)
+    key = " (Bearer key required)" if api_key(cfg) else ""
+    echo(f"serving '{cfg.served_model_name or model.name_or_path}' at {url}{key}")
+    if detach:
+        echo(f"detached: the app '{cfg.app_name}' keeps running on the cluster (serve shutdown to stop it)")
+        return
+    echo("Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        echo("stopping")
+    finally:
+        serve.delete(cfg.app_name)

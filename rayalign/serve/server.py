@@ -1,0 +1,250 @@
+"""The OpenAI-compatible HTTP API as a Ray Serve deployment: each replica holds one generation engine
+(vLLM or the HF fallback, the same classes the RL rollout workers run) and the model's tokenizer.
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both streamed as
+server-sent events with ``"stream": true``), ``GET /health``. Chat messages render through the model's
+chat template exactly as RL prompts do (``data.collate.tokenize_prompt``).
+
+Every refusal is an OpenAI error body with a 4xx status, checked in the order OpenAI checks: the API
+key (401), the JSON body (400), the model name (404), the context length (400). A refused request
+never reaches the engine, so the replica keeps serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from rayalign.config import ModelConfig, ServeConfig
+from rayalign.data.collate import tokenize_prompt
+from rayalign.engines.base import Delta, SamplingSpec
+from rayalign.engines.build import build_engine
+from rayalign.models.loading import load_tokenizer
+from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, envelope, error_body,
+                                     response_id, usage)
+from rayalign.workers.group import quiet_actor
+
+app = FastAPI(title="rayalign OpenAI-compatible API")
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:  # unknown route, wrong method
+    return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), status_code=exc.status_code)
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    """The request body, or a 400 naming the first bad field (or the JSON error)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise APIError(400, f"Unrecognized request argument supplied: {where}", param=where) from None
+        if err["type"] == "json_invalid":
+            raise APIError(400, f"We could not parse the JSON body of your request: {err['msg']}") from None
+        raise APIError(400, f"{where}: {err['msg']}" if where else err["msg"], param=where or None) from None
+
+
+@dataclass
+class Choice:
+    """One completion assembled from its stream pieces."""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[dict[int, float]] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+
+    def add(self, d: Delta) -> None:
+        self.tokens += d.token_ids
+        self.logprobs += d.logprobs
+        self.top += d.top_logprobs
+        self.text += d.text
+        self.finish_reason = d.finish_reason or self.finish_reason
+
+
+def sse(body: dict | str) -> str:
+    return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
+
+
+@serve.deployment
+@serve.ingress(app)
+class OpenAIServer:
+    def __init__(self, model: ModelConfig, cfg: ServeConfig, api_key: str | None):
+        quiet_actor(cfg.torch_threads)
+        self.tokenizer = load_tokenizer(model)
+        self.engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
+                                   gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                   kv_cache_gib=cfg.kv_cache_gib)
+        self.name = cfg.served_model_name or model.name_or_path
+        self.api_key = api_key
+        self.created = int(time.time())
+
+    # ---- routes -------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._auth(request)
+        return {"object": "list", "data": [
+            {"id": self.name, "object": "model", "created": self.created, "owned_by": "rayalign",
+             "max_model_len": self.engine.max_model_len}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Any:
+        self._auth(request)
+        body: ChatRequest = _parse(ChatRequest, await request.body())
+        self._check_model(body.model)
+        prompt = tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages],
+                                 None)
+        spec = self._spec(body, len(prompt), body.top_k())
+        rid = response_id("chatcmpl")
+        if body.stream:
+            return self._stream(self._chat_chunks(rid, prompt, spec, body))
+        choices = await self._collect(prompt, spec)
+        out = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                "logprobs": self._chat_logprobs(c.tokens, c.logprobs, c.top) if body.logprobs else None,
+                "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
+        return envelope(rid, "chat.completion", self.name, out,
+                        usage(len(prompt), sum(len(c.tokens) for c in choices)))
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Any:
+        self._auth(request)
+        body: CompletionRequest = _parse(CompletionRequest, await request.body())
+        self._check_model(body.model)
+        prompts = [p if isinstance(p, list) else tokenize_prompt(self.tokenizer, p, None) for p in body.prompts()]
+        specs = [self._spec(body, len(p), body.logprobs or 0) for p in prompts]
+        rid = response_id("cmpl")
+        if body.stream:
+            return self._stream(self._completion_chunks(rid, prompts, specs, body))
+        out, completion_tokens = [], 0
+        for p, (prompt, spec) in enumerate(zip(prompts, specs)):
+            for i, c in enumerate(await self._collect(prompt, spec)):
+                completion_tokens += len(c.tokens)
+                out.append({"index": p * body.n + i, "text": c.text, "finish_reason": c.finish_reason,
+                            "logprobs": None if body.logprobs is None else self._text_logprobs(c)})
+        return envelope(rid, "text_completion", self.name, out,
+                        usage(sum(map(len, prompts)), completion_tokens))
+
+    # ---- checks -------------------------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise APIError(401, "Incorrect API key provided" if token else
+                           "You didn't provide an API key (Authorization: Bearer KEY)", code="invalid_api_key")
+
+    def _check_model(self, name: str) -> None:
+        if name != self.name:
+            raise APIError(404, f"The model `{name}` does not exist (this server has `{self.name}`)",
+                           param="model", code="model_not_found")
+
+    def _spec(self, body: ChatRequest | CompletionRequest, prompt_len: int, top_k: int) -> SamplingSpec:
+        room = self.engine.max_model_len - prompt_len
+        limit = body.limit()
+        if room < 1 or (limit is not None and limit > room):
+            raise APIError(400, f"This model's maximum context length is {self.engine.max_model_len} tokens. "
+                           f"However, you requested {prompt_len + (limit or 1)} tokens ({prompt_len} in the "
+                           f"prompt, {limit or 1} for the completion).", param="max_tokens",
+                           code="context_length_exceeded")
+        return SamplingSpec(n=body.n, temperature=body.temperature, top_p=body.top_p,
+                            max_new_tokens=limit or room, seed=body.seed, stop=body.stops(), top_logprobs=top_k)
+
+    # ---- generation -------------------------------------------------------------------------------
+
+    async def _collect(self, prompt: list[int], spec: SamplingSpec) -> list[Choice]:
+        choices = [Choice() for _ in range(spec.n)]
+        async for d in self.engine.stream(prompt, spec):
+            choices[d.index].add(d)
+        return choices
+
+    @staticmethod
+    def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(chunks, media_type="text/event-stream")
+
+    async def _chat_chunks(self, rid: str, prompt: list[int], spec: SamplingSpec,
+                           body: ChatRequest) -> AsyncIterator[str]:
+        for i in range(spec.n):  # the role first, as OpenAI sends it
+            yield sse(envelope(rid, "chat.completion.chunk", self.name, [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}]))
+        tokens = 0
+        async for d in self._guarded(prompt, spec):
+            if isinstance(d, str):
+                yield d
+                return
+            tokens += len(d.token_ids)
+            logprobs = self._chat_logprobs(d.token_ids, d.logprobs, d.top_logprobs) if body.logprobs else None
+            yield sse(envelope(rid, "chat.completion.chunk", self.name, [
+                {"index": d.index, "delta": {"content": d.text}, "logprobs": logprobs,
+                 "finish_reason": d.finish_reason}]))
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse(envelope(rid, "chat.completion.chunk", self.name, [], usage(len(prompt), tokens)))
+        yield sse("[DONE]")
+
+    async def _completion_chunks(self, rid: str, prompts: list[list[int]], specs: list[SamplingSpec],
+                                 body: CompletionRequest) -> AsyncIterator[str]:
+        tokens = 0
+        for p, (prompt, spec) in enumerate(zip(prompts, specs)):
+            async for d in self._guarded(prompt, spec):
+                if isinstance(d, str):
+                    yield d
+                    return
+                tokens += len(d.token_ids)
+                piece = Choice(d.token_ids, d.logprobs, d.top_logprobs, d.text)
+                yield sse(envelope(rid, "text_completion", self.name, [
+                    {"index": p * body.n + d.index, "text": d.text, "finish_reason": d.finish_reason,
+                     "logprobs": None if body.logprobs is None else self._text_logprobs(piece)}]))
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse(envelope(rid, "text_completion", self.name, [], usage(sum(map(len, prompts)), tokens)))
+        yield sse("[DONE]")
+
+    async def _guarded(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta | str]:
+        """The engine's pieces; an engine failure mid-stream (headers already sent) becomes an error
+        event, the way OpenAI reports one, instead of a cut connection."""
+        try:
+            async for d in self.engine.stream(prompt, spec):
+                yield d
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged by Serve
+            yield sse(error_body(f"generation failed: {exc}", kind="server_error"))
+
+    # ---- log-prob shapes -------------------------------------------------------------------------
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def _chat_logprobs(self, tokens: list[int], logprobs: list[float], top: list[dict[int, float]]) -> dict:
+        def entry(t: int, lp: float) -> dict:
+            s = self._token(t)
+            return {"token": s, "logprob": lp, "bytes": list(s.encode())}
+
+        return {"content": [
+            {**entry(t, lp), "top_logprobs": [entry(k, v) for k, v in (top[j] if top else {}).items()]}
+            for j, (t, lp) in enumerate(zip(tokens, logprobs))]}
+
+    def _text_logprobs(self, c: Choice) -> dict:
+        strings = [self._token(t) for t in c.tokens]
+        offsets = [sum(map(len, strings[:j])) for j in range(len(strings))]
+        return {"tokens": strings, "token_logprobs": c.logprobs, "text_offset": offsets,
+                "top_logprobs": [{self._token(k): v for k, v in step.items()} for step in c.top] or None}

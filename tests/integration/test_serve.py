@@ -1,0 +1,155 @@
+"""The OpenAI-compatible Serve app on the tiny model with a vLLM replica, driven by the official ``openai``
+client: chat, streamed chat, completions (several prompts, n, stop, logprobs), the API key, and bad
+requests answered with OpenAI error JSON while the server keeps serving. Plus ``rayalign serve`` as a
+process (HF engine), stopped with Ctrl-C."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rayalign.config import ModelConfig, ServeConfig
+from rayalign.data.collate import tokenize_prompt
+
+KEY = "test-key"
+MESSAGES = [{"role": "user", "content": "How many 'r' in 'strawberry'?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_model_dir):
+    from ray import serve
+
+    from rayalign.serve.deploy import deploy
+
+    cfg = ServeConfig(port=free_port(), api_key=KEY, num_cpus=0.5, max_model_len=256, served_model_name="tiny")
+    url = deploy(ModelConfig(name_or_path=str(tiny_model_dir)), cfg)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+
+
+def chat(client, **kw):
+    return client.chat.completions.create(model="tiny", messages=MESSAGES, **kw)
+
+
+def test_models_and_chat_logprobs_are_the_models(client, tiny_model_dir, tiny_tokenizer):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = chat(client, max_tokens=8, temperature=0, logprobs=True, top_logprobs=5)
+    prompt = tokenize_prompt(tiny_tokenizer, MESSAGES, None)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and choice.message.role == "assistant"
+    assert r.usage.prompt_tokens == len(prompt)
+    assert r.usage.completion_tokens == len(choice.logprobs.content) <= 8
+    # step 0 depends on the prompt only: its top-5 log-probs are transformers' log-softmax top-5
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1], -1).topk(5).values
+    first = choice.logprobs.content[0]
+    assert sorted((t.logprob for t in first.top_logprobs), reverse=True) == pytest.approx(expected.tolist(), abs=1e-3)
+    assert first.logprob == pytest.approx(expected[0].item(), abs=1e-3)  # greedy takes the top token
+
+
+def test_stream_matches_the_whole_response(client):
+    whole = chat(client, max_tokens=12, temperature=0)
+    chunks = list(chat(client, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len([c for c in chunks if c.choices]) > 3  # pieces, not one block
+
+
+def test_n_seed_and_sampling(client):
+    a = chat(client, max_tokens=10, n=3, seed=7, temperature=1.0)
+    b = chat(client, max_tokens=10, n=3, seed=7, temperature=1.0)
+    texts = [c.message.content for c in a.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert texts == [c.message.content for c in b.choices]  # seeded: reproducible
+    assert len(set(texts)) > 1  # three different samples
+
+
+def test_completions_several_prompts_and_stop(client):
+    r = client.completions.create(model="tiny", prompt=["Count the r", "Count the s"], max_tokens=6, n=2,
+                                  temperature=0, logprobs=2)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == r.choices[1].text  # greedy twice
+    assert all(len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) <= 6 for c in r.choices)
+    assert all(len(step) == 2 for step in r.choices[0].logprobs.top_logprobs)
+    tokens = r.choices[0].logprobs.tokens
+    stop = next(t for t in tokens[2:] if t.strip())  # a piece the greedy text is known to reach
+    cut = client.completions.create(model="tiny", prompt="Count the r", max_tokens=6, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == r.choices[0].text[:r.choices[0].text.index(stop)]
+
+
+def test_api_key_required(server):
+    for key in ("wrong", None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        r = httpx.get(f"{server}/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server, api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(server.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("body, status, text", [
+    (b"{not json", 400, "could not parse the JSON body"),
+    (json.dumps({"model": "nope", "messages": MESSAGES}).encode(), 404, "The model `nope` does not exist"),
+    (json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}).encode(), 400,
+     "maximum context length is 256 tokens"),
+    (json.dumps({"model": "tiny", "messages": MESSAGES, "temperature": 9}).encode(), 400, "temperature"),
+    (json.dumps({"model": "tiny", "messages": MESSAGES, "best_of": 2}).encode(), 400,
+     "Unrecognized request argument supplied: best_of"),
+    (json.dumps({"model": "tiny", "messages": []}).encode(), 400, "messages"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, body, status, text):
+    r = httpx.post(f"{server}/chat/completions", content=body,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert text in error["message"] and error["type"] == "invalid_request_error"
+    assert chat(client, max_tokens=3).choices[0].message.content is not None
+
+
+def test_serve_cli_runs_until_ctrl_c(tiny_model_dir, tmp_path):
+    """``rayalign serve --model`` in its own process and Ray instance, HF engine, stopped by SIGINT."""
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayalign.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+         "--serve.engine", "hf", "--serve.num_cpus", "0.5", "--serve.served_model_name", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while not any("Ctrl-C" in line for line in lines) and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        assert f"serving 'tiny' at http://127.0.0.1:{port}/v1\n" in lines
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        assert c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4).usage.completion_tokens > 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
