@@ -76,6 +76,24 @@ def serve(ctx: typer.Context,
     run_server(cfg.model, cfg.serve, detach=detach, echo=typer.echo)
 
 
+@app.command(context_settings=OVERRIDES)
+def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config", help="judge YAML"),
+          input: Path = typer.Option(..., "--input", "-i", help="JSONL rows: prompt, response [, reference]"),
+          output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus judge_score etc.")) -> None:
+    """Score a dataset with an LLM judge (a local model on Ray Serve, or an OpenAI-compatible URL)."""
+    from rayalign.config import JudgeConfig
+    from rayalign.config_io import load_config
+    from rayalign.judge.dataset import score_file
+    from rayalign.judge.judge import Judge
+    from rayalign.judge.service import endpoint, release
+
+    cfg = load_config(config, ctx.args, kind=JudgeConfig)
+    try:
+        score_file(cfg, Judge(cfg, endpoint(cfg)), input, output, typer.echo)
+    finally:
+        release(cfg)
+
+
 def _not_built(name: str, what: str) -> None:
     @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
     def _cmd(ctx: typer.Context) -> None:
@@ -84,7 +102,6 @@ def _not_built(name: str, what: str) -> None:
 
 for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),
                      ("infer", "Interactive or batch inference"),
-                     ("judge", "Score a dataset with an LLM judge"),
                      ("evaluate", "Evaluate a model on tasks")):
     _not_built(_name, _what)
 

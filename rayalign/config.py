@@ -196,6 +196,7 @@ class ServeConfig(Section):
     torch_threads: int = Field(2, gt=0, description="torch threads per replica (CPU engines)")
     deploy_timeout_s: float = Field(300, gt=0, description="give up when replicas are not up by then")
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
+    route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
 
 
 class JudgeConfig(Section):
@@ -209,7 +210,8 @@ class JudgeConfig(Section):
         None, description="how the verdict is read; default: the built-in judge's")
     json_key: str = Field("score", description="json parser: the key holding the number")
     model: ModelConfig | None = Field(None, description="a local judge model, deployed as a Serve app")
-    serve: ServeConfig = Field(default_factory=ServeConfig, description="serving of the local judge model")
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig(app_name="rayalign-judge", route_prefix="/judge"),
+                               description="serving of the local judge model (its own app and route)")
     base_url: str | None = Field(None, description="an OpenAI-compatible API instead of a local model")
     model_name: str | None = Field(None, description="model name sent to base_url")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with base_url's key")

@@ -60,10 +60,10 @@ def deploy(model: ModelConfig, cfg: ServeConfig) -> str:
     if (http.host, http.port) != (cfg.host, cfg.port):
         raise DeployError(f"serve: Ray Serve already listens on {http.host}:{http.port} on this cluster; "
                           f"set serve.host/serve.port to that, or stop it first (serve shutdown)")
-    serve.run_many([serve.RunTarget(target=application(model, cfg), name=cfg.app_name, route_prefix="/")],
-                   wait_for_applications_running=False)
+    serve.run_many([serve.RunTarget(target=application(model, cfg), name=cfg.app_name,
+                                    route_prefix=cfg.route_prefix)], wait_for_applications_running=False)
     wait_running(cfg.app_name, cfg.deploy_timeout_s)
-    return f"http://{cfg.host}:{cfg.port}/v1"
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
 
 
 def wait_running(name: str, timeout_s: float) -> None:

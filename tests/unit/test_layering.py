@@ -9,7 +9,8 @@ PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalig
         "rayalign.models.tiny", "rayalign.models.logprobs", "rayalign.batch", "rayalign.checkpoint",
         "rayalign.metrics", "rayalign.data.collate", "rayalign.training.loop", "rayalign.training.objectives",
         "rayalign.training.sharding", "rayalign.training.batching", "rayalign.training.rl_step",
-        "rayalign.recipes.common"]
+        "rayalign.recipes.common", "rayalign.judge.judge", "rayalign.judge.parsers", "rayalign.judge.templates",
+        "rayalign.judge.dataset", "rayalign.engines.build", "rayalign.serve.protocol"]
 
 
 def test_core_modules_do_not_import_ray():

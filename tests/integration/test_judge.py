@@ -1,0 +1,94 @@
+"""The LLM judge end to end: retries and the cache against a stub judge over real HTTP (a tiny random
+model cannot write a verdict; see judge_stub.py), ``rayalign judge`` on a JSONL file, and a real tiny
+model deployed as the judge's own Serve app (its answers hold no verdict: every item is retried and
+reported unparsed, never scored)."""
+
+import json
+
+import pytest
+
+from rayalign.cli import main
+from rayalign.config import JudgeConfig, ModelConfig, ServeConfig
+from rayalign.judge.judge import Judge, JudgeItem
+from rayalign.judge.service import endpoint, release
+from tests.integration import judge_stub
+from tests.integration.test_serve import free_port
+
+RESPONSES = ["three", "there are three r letters", "I count 3 of them in the word strawberry today"]
+
+
+@pytest.fixture(scope="module")
+def stub():
+    port = free_port()
+    server = judge_stub.start(port)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+
+
+def stub_judge(stub, tmp_path, **kw) -> JudgeConfig:
+    return JudgeConfig(base_url=stub, model_name="stub", cache=str(tmp_path / "cache.sqlite"), **kw)
+
+
+def test_retries_until_a_verdict_then_caches(stub, tmp_path):
+    cfg = stub_judge(stub, tmp_path, max_retries=2)
+    items = [JudgeItem(prompt="How many r in strawberry?", response=r) for r in RESPONSES]
+    judge = Judge(cfg, endpoint(cfg))
+    judge_stub.REQUESTS.clear()
+    verdicts = judge.score(items)
+    assert [v.score for v in verdicts] == [judge_stub.expected_score(r) for r in RESPONSES] == [2.0, 6.0, 1.0]
+    assert [v.attempts for v in verdicts] == [2, 2, 2] and not any(v.cached for v in verdicts)
+    assert sorted(r["temperature"] for r in judge_stub.REQUESTS) == [0, 0, 0, 0.7, 0.7, 0.7]
+    assert sum(r["messages"][0]["content"].endswith("[User request]\nHow many r in strawberry?\n\n"
+                                                    "[Assistant response]\nthree") for r in judge_stub.REQUESTS) == 2
+    again = Judge(cfg, endpoint(cfg)).score(items)
+    assert [v.score for v in again] == [2.0, 6.0, 1.0] and all(v.cached for v in again)
+    assert len(judge_stub.REQUESTS) == 6  # the cache answered
+
+
+def test_no_verdict_after_the_retries_is_reported(stub, tmp_path):
+    cfg = stub_judge(stub, tmp_path, max_retries=0)
+    [v] = Judge(cfg, endpoint(cfg)).score([JudgeItem(prompt="p", response="r")])
+    assert v.score is None and v.attempts == 1 and v.error == "no score verdict in 1 answers"
+    assert v.raw == "The response seems reasonable."
+
+
+def test_judge_cli_scores_a_file(stub, tmp_path, capsys):
+    rows = [{"prompt": [{"role": "user", "content": "Count r"}], "completion": r, "id": i}
+            for i, r in enumerate(RESPONSES)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "judge.yaml").write_text(f"base_url: {stub}\nmodel_name: stub\ncache: null\n")
+    with pytest.raises(SystemExit) as info:
+        main(["judge", "-c", str(tmp_path / "judge.yaml"), "--input", str(tmp_path / "in.jsonl"),
+              "--output", str(tmp_path / "out.jsonl"), "--max_retries", "1"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == [0, 1, 2]
+    assert [r["judge_score"] for r in scored] == [2.0, 6.0, 1.0] and [r["judge_attempts"] for r in scored] == [2] * 3
+    assert f"3/3 rows judged (mean 3.000, 0 from the cache, 3 needed a retry); wrote {tmp_path}/out.jsonl" in out
+
+
+def test_judge_cli_names_a_bad_row(stub, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
+    (tmp_path / "judge.yaml").write_text(f"base_url: {stub}\nmodel_name: stub\n")
+    with pytest.raises(SystemExit) as info:
+        main(["judge", "-c", str(tmp_path / "judge.yaml"), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/in.jsonl:2: field 'response' is missing\n"
+
+
+def test_local_tiny_judge_on_serve(ray_local, tiny_model_dir):
+    cfg = JudgeConfig(model=ModelConfig(name_or_path=str(tiny_model_dir)), max_retries=1, max_tokens=16, cache=None,
+                      serve=ServeConfig(engine="hf", port=free_port(), num_cpus=0.25, app_name="judge-test",
+                                        route_prefix="/judge"))
+    ep = endpoint(cfg)
+    try:
+        assert ep.base_url.endswith("/judge/v1")
+        verdicts = Judge(cfg, ep).score([JudgeItem(prompt="Count r in strawberry", response=r) for r in RESPONSES])
+    finally:
+        release(cfg)
+        from ray import serve
+
+        serve.shutdown()
+    for v in verdicts:  # the random model writes tokens, never "Rating: [[N]]" (asserted, not assumed)
+        assert v.raw and v.attempts == 2 and v.score is None and v.error == "no score verdict in 2 answers"
