@@ -171,6 +171,8 @@ class RewardConfig(Section):
     num_workers: int = Field(1, gt=0, description="reward actors")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
     timeout_s: float = Field(10.0, gt=0, description="per-call timeout; late calls count as failed")
+    judge: str | None = Field(None, description="judge YAML: an LLM judge's verdict as a reward term")
+    judge_weight: float = Field(1.0, description="weight of the judge term (verdict scaled to 0..1)")
 
 
 class ServeConfig(Section):
@@ -307,8 +309,8 @@ def cross_field_errors(cfg: BaseModel) -> list[tuple[tuple[str | int, ...], str]
 def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
     errors: list[tuple[tuple[str | int, ...], str]] = []
     a = cfg.algorithm
-    if not cfg.reward.functions:
-        errors.append((("reward", "functions"), "online RL needs at least one reward function"))
+    if not cfg.reward.functions and cfg.reward.judge is None:
+        errors.append((("reward", "functions"), "online RL needs at least one reward function or a reward.judge"))
     if a.name == "rloo" and a.group_size < 2:
         errors.append((("algorithm", "group_size"), "rloo needs group_size >= 2 (leave-one-out baseline)"))
     if a.name == "dapo" and a.kl_coef > 0:

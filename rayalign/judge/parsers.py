@@ -64,3 +64,11 @@ def parse(parser: str, text: str, json_key: str = "score") -> float | None:
     if parser == "json":
         return parse_json(text, json_key)
     return {"score": parse_score, "yes_no": parse_yes_no, "pairwise": parse_pairwise}[parser](text)
+
+
+def unit_value(parser: str, score: float | None) -> float:
+    """A verdict on 0..1, as a reward: a 1..10 score maps linearly (1 -> 0, 10 -> 1); yes/no and pairwise
+    already are; json numbers are taken as they are. No verdict counts 0 (and is reported as a failure)."""
+    if score is None:
+        return 0.0
+    return (score - 1) / 9 if parser == "score" else score

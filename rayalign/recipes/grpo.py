@@ -6,7 +6,8 @@ One step, as in DeepSeekMath's GRPO (Shao et al. 2024, Alg. 1):
 
     prompts    = the next algorithm.prompts_per_step rows (a seeded order: the step count is the data position)
     samples    = group_size completions per prompt from the rollout engines, with their tokens' log-probs
-    rewards    = the weighted reward functions, on the reward workers
+    rewards    = the weighted reward functions, on the reward workers, plus an LLM judge's verdict when
+                 reward.judge names one (a local judge runs as its own Ray Serve app)
     advantages = per group (algorithm.name picks grpo | dr_grpo | rloo | reinforce_pp; dapo, gspo use grpo's)
     ref        = log pi_ref of every sampled token (only when kl_coef > 0)
     learn      = ppo_epochs x mini-batches of the algorithm's loss on the FSDP2 learner group
@@ -36,10 +37,13 @@ from tqdm import tqdm
 
 from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
-from rayalign.config import RecipeConfig
+from rayalign.config import JudgeConfig, RecipeConfig
+from rayalign.config_io import load_config
 from rayalign.data.collate import collate_rollout, tokenize_prompt
 from rayalign.data.loading import load_split
 from rayalign.engines.base import SamplingSpec
+from rayalign.errors import UserError
+from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, PhaseTimer
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import check_resume, local_paths
@@ -105,12 +109,24 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
     return metrics
 
 
+def reward_judge(cfg: RecipeConfig) -> JudgeConfig | None:
+    """The judge of ``reward.judge``, loaded (and its errors raised) before anything starts."""
+    if cfg.reward.judge is None:
+        return None
+    judge = load_config(cfg.reward.judge, kind=JudgeConfig)
+    if resolve(judge)[1] == "pairwise":
+        raise UserError(f"reward.judge: {cfg.reward.judge} is a pairwise judge; a reward needs one that "
+                        "scores a single response (score, yes_no or json)")
+    return judge
+
+
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg`` (trainer: grpo); returns ``OUTPUT_DIR/final`` (None when stopped early)."""
     cfg = local_paths(cfg)
     t, a = cfg.training, cfg.algorithm
     out = Path(t.output_dir).resolve()
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
+    judge = reward_judge(cfg)
     tokenizer = load_tokenizer(cfg.model)
     prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed))
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
@@ -121,7 +137,8 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x {a.group_size}"
          + (f", resuming after step {resumed.step}" if resumed else ""))
-    roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(checkpoints(out)[-1]) if resumed else None)
+    roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(checkpoints(out)[-1]) if resumed else None,
+                    judge)
     try:
         state = _train(roles, cfg, prompts, max_steps, out, tokenizer.pad_token_id)
     finally:

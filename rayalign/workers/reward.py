@@ -1,4 +1,5 @@
-"""Reward workers: a pool of Ray actors scoring completions with the configured reward functions.
+"""Reward workers: a pool of Ray actors scoring completions with the configured reward functions, and
+the LLM judge's term (``reward.judge``), asked from here in one concurrent batch per step.
 
 Every call of a reward function runs under ``reward.timeout_s``: a function that raises, hangs or kills
 its process is reported with its name and the sample, its samples count as failed (reward 0 for that
@@ -17,6 +18,9 @@ from typing import Any
 import ray
 
 from rayalign.config import RewardConfig
+from rayalign.judge.dataset import as_text
+from rayalign.judge.judge import Judge, JudgeItem
+from rayalign.judge.parsers import unit_value
 from rayalign.rewards.registry import WeightedReward
 from rayalign.workers.group import spawn
 
@@ -81,21 +85,38 @@ class RewardWorker:
 
 
 class RewardPool:
-    """``reward.num_workers`` actors at ``reward.num_cpus`` each; ``score`` splits samples across them."""
+    """``reward.num_workers`` actors at ``reward.num_cpus`` each; ``score`` splits samples across them
+    (no actors when there are no reward functions), then adds the judge's term when there is a judge."""
 
-    def __init__(self, cfg: RewardConfig, start_timeout_s: float = 60.0):
+    def __init__(self, cfg: RewardConfig, judge: Judge | None = None, start_timeout_s: float = 60.0):
         WeightedReward(cfg.functions)  # unknown names / imports fail here, as one line, before any actor
-        self.cfg, self.start_timeout = cfg, start_timeout_s
+        self.cfg, self.judge, self.start_timeout = cfg, judge, start_timeout_s
         # 'module:fn' rewards import in the actors as they do here: same Python path (on a cluster, ship
         # the module with the job's runtime_env working_dir / py_modules)
         self.runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
-        self.actors = [self._spawn() for _ in range(cfg.num_workers)]
+        self.actors = [self._spawn() for _ in range(cfg.num_workers)] if cfg.functions else []
 
     def _spawn(self):
         return spawn(RewardWorker, 1, role="reward worker", num_cpus=self.cfg.num_cpus, args=(self.cfg,),
                      runtime_env=self.runtime_env, timeout_s=self.start_timeout)[0]
 
     def score(self, samples: list[Sample]) -> list[Scored]:
+        scored = self._functions(samples) if self.actors else [Scored(0.0, {}) for _ in samples]
+        if self.judge is not None:
+            self._add_judge(samples, scored)
+        return scored
+
+    def _add_judge(self, samples: list[Sample], scored: list[Scored]) -> None:
+        items = [JudgeItem(prompt=as_text(s.prompt), response=s.completion,
+                           reference=None if s.metadata.get("answer") is None else str(s.metadata["answer"]))
+                 for s in samples]
+        for sample, out, verdict in zip(samples, scored, self.judge.score(items)):
+            out.parts["judge"] = unit_value(self.judge.parser, verdict.score)
+            out.reward += self.cfg.judge_weight * out.parts["judge"]
+            if verdict.score is None:
+                out.failures.append(f"reward judge: {verdict.error} on {_describe(sample)}")
+
+    def _functions(self, samples: list[Sample]) -> list[Scored]:
         chunks = [samples[i::len(self.actors)] for i in range(len(self.actors))]
         refs = [actor.score.remote(chunk) for actor, chunk in zip(self.actors, chunks)]
         # a whole chunk may take at most every term of every sample hitting its timeout, plus slack

@@ -14,9 +14,11 @@ import torch
 
 from rayalign.batch import RolloutBatch
 from rayalign.checkpoint import TrainerState
-from rayalign.config import RecipeConfig
+from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.engines.base import Completion, SamplingSpec
 from rayalign.errors import UserError
+from rayalign.judge.judge import Judge
+from rayalign.judge.service import endpoint, release
 from rayalign.weight_sync import sync_weights
 from rayalign.workers.group import spawn
 from rayalign.workers.learner import LearnerWorker
@@ -27,32 +29,38 @@ from rayalign.workers.rollout import RolloutWorker
 START_TIMEOUT_S = 600.0  # a vLLM engine start on a loaded 2-core machine can take minutes
 
 
-def resource_asks(cfg: RecipeConfig) -> dict[str, tuple[float, float]]:
+def resource_asks(cfg: RecipeConfig, judge: JudgeConfig | None = None) -> dict[str, tuple[float, float]]:
     """role -> (CPUs, GPUs) it reserves in total."""
     s, r = cfg.scaling, cfg.rollout
     asks = {"rollout": (r.num_workers * r.num_cpus, r.num_workers * r.num_gpus),
-            "learner": (s.num_workers * s.cpus_per_worker, s.num_workers if s.use_gpu else 0),
-            "reward": (cfg.reward.num_workers * cfg.reward.num_cpus, 0)}
+            "learner": (s.num_workers * s.cpus_per_worker, s.num_workers if s.use_gpu else 0)}
+    if cfg.reward.functions:
+        asks["reward"] = (cfg.reward.num_workers * cfg.reward.num_cpus, 0)
     if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
         asks["reference"] = (cfg.reference.num_cpus, 0)
+    if judge is not None and judge.model is not None:  # a local judge: its Serve replicas
+        j = judge.serve
+        replicas = max(j.min_replicas, 1) if j.autoscaling else j.num_replicas
+        asks["judge"] = (replicas * j.num_cpus, replicas * j.num_gpus)
     return asks
 
 
-def check_resources(cfg: RecipeConfig) -> None:
-    asks = resource_asks(cfg)
+def check_resources(cfg: RecipeConfig, judge: JudgeConfig | None = None) -> None:
+    asks = resource_asks(cfg, judge)
     have = ray.cluster_resources()
     for i, kind in enumerate(("CPU", "GPU")):
         need = sum(a[i] for a in asks.values())
         if need > have.get(kind, 0) + 1e-9:
             listed = ", ".join(f"{role} {a[i]:g}" for role, a in asks.items() if a[i])
-            keys = "rollout.num_cpus, scaling.cpus_per_worker, reference.num_cpus, reward.num_cpus"
+            keys = "rollout.num_cpus, scaling.cpus_per_worker, reference.num_cpus, reward.num_cpus, judge serve.num_cpus"
             raise UserError(f"the RL roles ask for {need:g} {kind} ({listed}) but the Ray cluster has "
                             f"{have.get(kind, 0):g}; lower {keys if kind == 'CPU' else 'the GPU asks'}")
 
 
 class RLRoles:
-    def __init__(self, cfg: RecipeConfig, max_steps: int, max_model_len: int, restored: str | None):
-        check_resources(cfg)
+    def __init__(self, cfg: RecipeConfig, max_steps: int, max_model_len: int, restored: str | None,
+                 judge: JudgeConfig | None = None):
+        check_resources(cfg, judge)
         s, r, t = cfg.scaling, cfg.rollout, cfg.training
         self.rollouts = spawn(RolloutWorker, r.num_workers, role="rollout worker", num_cpus=r.num_cpus,
                               num_gpus=r.num_gpus, args=(cfg.model, r, max_model_len, t.seed),
@@ -68,7 +76,8 @@ class RLRoles:
         if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
             [self.reference] = spawn(ReferenceWorker, 1, role="reference", num_cpus=cfg.reference.num_cpus,
                                      args=(cfg.model, t.micro_batch_size), timeout_s=START_TIMEOUT_S)
-        self.rewards = RewardPool(cfg.reward)
+        self.judge_cfg = judge
+        self.rewards = RewardPool(cfg.reward, judge=judge and Judge(judge, endpoint(judge)))
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
@@ -103,6 +112,8 @@ class RLRoles:
 
     def shutdown(self) -> None:
         self.rewards.shutdown()
+        if self.judge_cfg is not None:
+            release(self.judge_cfg)
         ray.get([worker.close.remote() for worker in self.rollouts])
         for actor in self.rollouts + self.learners + ([self.reference] if self.reference else []):
             ray.kill(actor)

@@ -92,3 +92,26 @@ def test_local_tiny_judge_on_serve(ray_local, tiny_model_dir):
         serve.shutdown()
     for v in verdicts:  # the random model writes tokens, never "Rating: [[N]]" (asserted, not assumed)
         assert v.raw and v.attempts == 2 and v.score is None and v.error == "no score verdict in 2 answers"
+
+
+def test_judge_as_grpo_reward(ray_local, tiny_model_dir, tmp_path, stub):
+    """reward: {judge: judge.yaml} and no reward functions: each sample's reward is its (retried) judge
+    verdict scaled to 0..1, asked of the judge service in one concurrent batch per step."""
+    from rayalign.recipes.grpo import run
+    from tests.integration.rl_helpers import grpo_recipe, prompt_file
+    from tests.integration.test_grpo import read_metrics
+
+    (tmp_path / "judge.yaml").write_text(f"base_url: {stub}\nmodel_name: stub\ncache: null\nconcurrency: 8\n")
+    cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "out", learners=1, kl_coef=0, max_steps=1)
+    cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(
+        update={"functions": [], "judge": str(tmp_path / "judge.yaml"), "judge_weight": 2.0})})
+    judge_stub.REQUESTS.clear()
+    run(cfg)
+    [m] = read_metrics(tmp_path / "out")
+    answers = [r["messages"][0]["content"].split("[Assistant response]\n", 1)[1]
+               for r in judge_stub.REQUESTS if r["temperature"] > 0]
+    assert len(answers) == 16 and len(judge_stub.REQUESTS) == 32  # 4 prompts x 4 samples, each retried once
+    expected = [(judge_stub.expected_score(a) - 1) / 9 for a in answers]
+    assert m["reward/judge"] == pytest.approx(sum(expected) / 16, abs=1e-6)
+    assert m["reward_mean"] == pytest.approx(2.0 * sum(expected) / 16, abs=1e-6)
+    assert m["reward_failures"] == 0
