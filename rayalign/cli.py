@@ -94,6 +94,29 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
         release(cfg)
 
 
+@app.command(context_settings=OVERRIDES)
+def evaluate(ctx: typer.Context,
+             config: Optional[Path] = typer.Option(None, "-c", "--config", help="evaluation YAML"),
+             compare: Optional[tuple[Path, Path]] = typer.Option(
+                 None, "--compare", help="two results.json files to print side by side")) -> None:
+    """Evaluate a model: verifiable tasks, multiple choice, perplexity, judge scores and win rates."""
+    if compare:
+        from rayalign.evaluate.run import compare as side_by_side
+
+        for path in compare:
+            if not path.is_file():
+                raise UserError(f"{path}: results file not found")
+        typer.echo(side_by_side(*(json.loads(p.read_text()) for p in compare)))
+        return
+    if config is None:
+        raise UserError("evaluate needs -c CONFIG (or --compare A/results.json B/results.json)")
+    from rayalign.config import EvalConfig
+    from rayalign.config_io import load_config
+    from rayalign.evaluate.run import evaluate as run_eval
+
+    run_eval(load_config(config, ctx.args, kind=EvalConfig), typer.echo)
+
+
 def _not_built(name: str, what: str) -> None:
     @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
     def _cmd(ctx: typer.Context) -> None:
@@ -101,8 +124,7 @@ def _not_built(name: str, what: str) -> None:
 
 
 for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),
-                     ("infer", "Interactive or batch inference"),
-                     ("evaluate", "Evaluate a model on tasks")):
+                     ("infer", "Interactive or batch inference")):
     _not_built(_name, _what)
 
 

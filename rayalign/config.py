@@ -352,6 +352,8 @@ def _eval_errors(cfg: EvalConfig) -> list[tuple[tuple[str | int, ...], str]]:
             errors.append((("tasks", i, need), f"required for kind '{task.kind}'"))
         if task.kind == "perplexity" and task.path is None:
             errors.append((("tasks", i, "path"), "required for kind 'perplexity' (a text file)"))
+        if task.kind == "judge" and task.path is None and task.task is None:
+            errors.append((("tasks", i, "path"), "kind 'judge' needs prompts: a JSONL path or a built-in task"))
     names = [t.name for t in cfg.tasks]
     for i, name in enumerate(names):
         if name in names[:i]:

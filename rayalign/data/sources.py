@@ -39,6 +39,17 @@ def iter_rows(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
         yield from _iter_hf(_load_hub(path, split), path)
 
 
+def iter_dicts(path: str, split: str = "train") -> Iterator[tuple[str, dict]]:
+    """``iter_rows`` for readers that stop at the first bad row: invalid JSON or a non-object row is a
+    :class:`DataError` naming its file:line."""
+    for where, row in iter_rows(path, split):
+        if isinstance(row, BadJSON):
+            raise DataError(f"{where}: {row.message}")
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be a JSON object")
+        yield where, row
+
+
 def _iter_file(p: Path) -> Iterator[tuple[str, Any]]:
     suffix = p.suffix.lower()
     if suffix == ".jsonl":

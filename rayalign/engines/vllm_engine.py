@@ -162,6 +162,10 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Stop vLLM's engine-core and worker processes now rather than at garbage collection."""
-        self.llm.shutdown()
+        async def shutdown() -> None:  # on the engine loop: it cancels the output-handler task living there
+            self.llm.shutdown()
+
+        self._run(shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        del self.llm  # collected now, not at interpreter exit (where AsyncLLM.__del__ fails on torn-down globals)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from rayalign.config import JudgeConfig
+from rayalign.data.sources import iter_dicts
 from rayalign.errors import DataError
 from rayalign.judge.judge import Judge, JudgeItem, Verdict
 from rayalign.judge.templates import resolve
@@ -44,20 +45,10 @@ def to_item(row: dict, pairwise: bool, where: str) -> JudgeItem:
 
 
 def read_items(path: Path, pairwise: bool) -> tuple[list[dict], list[JudgeItem]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     rows, items = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: a row must be a JSON object")
+    for where, row in iter_dicts(str(path)):
         rows.append(row)
-        items.append(to_item(row, pairwise, f"{path}:{number}"))
+        items.append(to_item(row, pairwise, where))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows, items

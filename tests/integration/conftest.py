@@ -1,8 +1,25 @@
 """Integration fixtures: one local Ray (2 CPUs) for the session, task data files made once."""
 
 import json
+import socket
 
 import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stub():
+    """The deterministic stub judge (judge_stub.py) at an OpenAI-compatible base URL."""
+    from tests.integration import judge_stub
+
+    server = judge_stub.start(free_port())
+    yield f"http://127.0.0.1:{server.config.port}/v1"
+    server.should_exit = True
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,9 @@ from rayalign.config import JudgeConfig, ModelConfig, ServeConfig
 from rayalign.judge.judge import Judge, JudgeItem
 from rayalign.judge.service import endpoint, release
 from tests.integration import judge_stub
-from tests.integration.test_serve import free_port
+from tests.integration.conftest import free_port
 
 RESPONSES = ["three", "there are three r letters", "I count 3 of them in the word strawberry today"]
-
-
-@pytest.fixture(scope="module")
-def stub():
-    port = free_port()
-    server = judge_stub.start(port)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
 
 
 def stub_judge(stub, tmp_path, **kw) -> JudgeConfig:

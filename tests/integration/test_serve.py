@@ -6,7 +6,6 @@ process (HF engine), stopped with Ctrl-C."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ from transformers import AutoModelForCausalLM
 
 from rayalign.config import ModelConfig, ServeConfig
 from rayalign.data.collate import tokenize_prompt
+from tests.integration.conftest import free_port
 
 KEY = "test-key"
 MESSAGES = [{"role": "user", "content": "How many 'r' in 'strawberry'?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

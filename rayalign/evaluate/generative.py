@@ -1,0 +1,86 @@
+"""Evaluations that generate: verifiable tasks (accuracy by the task's own checker) and judge scoring
+(a mean verdict, or the win rate against a baseline model with a pairwise judge).
+
+The win rate asks the pairwise judge twice per prompt, with the two answers in both orders, and averages
+(MT-Bench's guard against a judge's position bias): win = (v(model as A) + 1 - v(model as B)) / 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+
+from transformers import PreTrainedTokenizerBase
+
+from rayalign.config import EvalTaskConfig, JudgeConfig
+from rayalign.data.collate import tokenize_prompt
+from rayalign.data.sources import iter_dicts
+from rayalign.data.tasks import generate
+from rayalign.engines.base import GenerationEngine, SamplingSpec
+from rayalign.errors import DataError, UserError
+from rayalign.judge.dataset import as_text
+from rayalign.judge.judge import Judge, JudgeItem, Verdict
+from rayalign.rewards.builtin import BUILTINS
+
+
+def answers(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, prompts: list, max_new_tokens: int,
+             temperature: float) -> list[str]:
+    room = engine.max_model_len - max_new_tokens
+    ids = [tokenize_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p, room)
+           for p in prompts]
+    spec = SamplingSpec(temperature=temperature, max_new_tokens=max_new_tokens, seed=0)
+    return [group[0].text for group in engine.generate(ids, spec)]
+
+
+def verifiable(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, task: EvalTaskConfig,
+               temperature: float) -> dict[str, float]:
+    """Accuracy on a built-in task's held-out examples, checked by the task's reward function."""
+    assert task.task is not None
+    try:
+        examples = generate(task.task, task.num_samples, task.seed)
+    except KeyError as exc:
+        raise UserError(f"tasks.{task.name}.task: {exc.args[0]}") from None
+    texts = answers(engine, tokenizer, [ex.prompt for ex in examples], task.max_new_tokens, temperature)
+    check = BUILTINS[task.task]
+    right = [check(ex.prompt, text, answer=ex.answer, **ex.metadata) >= 1.0 for ex, text in zip(examples, texts)]
+    return {"accuracy": sum(right) / len(right), "n": len(right)}
+
+
+def judge_prompts(task: EvalTaskConfig) -> list:
+    """The prompts to answer and judge: a JSONL file's ``prompt`` fields, or a built-in task's."""
+    if task.path is None:
+        assert task.task is not None  # config validation: a path or a task
+        return [ex.prompt for ex in generate(task.task, task.num_samples, task.seed)]
+    prompts = []
+    for where, row in itertools.islice(iter_dicts(task.path), task.num_samples):
+        if "prompt" not in row:
+            raise DataError(f"{where}: field 'prompt' is missing")
+        prompts.append(row["prompt"])
+    return prompts
+
+
+def judged(judge: Judge, judge_cfg: JudgeConfig, prompts: list, replies: list[str],
+           baseline: list[str] | None) -> dict[str, float]:
+    texts = [as_text(p) for p in prompts]
+    if baseline is None:
+        if judge.parser == "pairwise":
+            raise UserError(f"a pairwise judge ({judge_cfg.template}) needs tasks[].baseline to compare with")
+        verdicts = judge.score([JudgeItem(prompt=t, response=a) for t, a in zip(texts, replies)])
+        return {"judge_score": _mean([v.score for v in verdicts]), **_counts(verdicts)}
+    if judge.parser != "pairwise":
+        raise UserError(f"a win rate against tasks[].baseline needs a pairwise judge, not '{judge_cfg.template}'")
+    first = [JudgeItem(prompt=t, response_a=a, response_b=b) for t, a, b in zip(texts, replies, baseline)]
+    second = [JudgeItem(prompt=t, response_a=b, response_b=a) for t, a, b in zip(texts, replies, baseline)]
+    verdicts = judge.score(first + second)
+    wins = [(x.score + 1 - y.score) / 2 for x, y in zip(verdicts[:len(first)], verdicts[len(first):])
+            if x.score is not None and y.score is not None]
+    return {"win_rate": _mean(wins), **_counts(verdicts)}
+
+
+def _mean(values: list[float | None]) -> float:
+    kept = [v for v in values if v is not None]
+    return statistics.fmean(kept) if kept else float("nan")
+
+
+def _counts(verdicts: list[Verdict]) -> dict[str, float]:
+    return {"n": len(verdicts), "unparsed": sum(v.score is None for v in verdicts)}

@@ -1,0 +1,139 @@
+"""``rayalign evaluate -c eval.yaml``: every task of the config on one model, a table on the console and
+``OUTPUT_DIR/results.json``; ``--compare A B`` prints two results side by side.
+
+The model is loaded at most twice, each lazily: as a generation engine (``engine``: vLLM or HF) for the
+generate and judge tasks, and as an HF model for the log-likelihood tasks (multiple choice, perplexity).
+A judge task's baseline model gets its own engine, closed after its answers. A local judge runs as its
+own Ray Serve app for the evaluation and is deleted after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from rayalign.config import EvalConfig, EvalTaskConfig, JudgeConfig, ModelConfig
+from rayalign.config_io import load_config
+from rayalign.engines.base import GenerationEngine
+from rayalign.engines.build import build_engine
+from rayalign.evaluate import generative, loglik
+from rayalign.judge.judge import Judge
+from rayalign.judge.service import endpoint, release
+from rayalign.models.loading import load_model, load_tokenizer
+
+
+class Subject:
+    """The model under evaluation, as an engine and as an HF model, each built on first use."""
+
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        self._engine: GenerationEngine | None = None
+        self._hf = None
+
+    def engine(self) -> GenerationEngine:
+        if self._engine is None:
+            self._engine = engine_for(self.cfg, self.cfg.model)
+        return self._engine
+
+    def hf(self):
+        if self._hf is None:
+            self._hf = load_model(self.cfg.model, apply_lora=False).eval()
+        return self._hf
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+def engine_for(cfg: EvalConfig, model: ModelConfig) -> GenerationEngine:
+    return build_engine(cfg.engine, model, max_model_len=cfg.max_model_len)
+
+
+def run_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
+    cfg = subject.cfg
+    if task.kind == "generate":
+        return generative.verifiable(subject.engine(), subject.tokenizer, task, cfg.temperature)
+    if task.kind == "multiple_choice":
+        rows = loglik.read_mc(Path(task.path) if task.path else loglik.BUILTIN_MC, task.num_samples)
+        return loglik.multiple_choice(subject.hf(), subject.tokenizer, rows, cfg.batch_size)
+    if task.kind == "perplexity":
+        return loglik.perplexity(subject.hf(), subject.tokenizer, Path(task.path), cfg.max_model_len,
+                                 cfg.batch_size, task.num_samples)
+    return judge_task(subject, task)
+
+
+def judge_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
+    cfg = subject.cfg
+    judge_cfg = load_config(task.judge, kind=JudgeConfig)
+    prompts = generative.judge_prompts(task)
+    answers = generative.answers(subject.engine(), subject.tokenizer, prompts, task.max_new_tokens, cfg.temperature)
+    baseline = None
+    if task.baseline is not None:
+        other = engine_for(cfg, task.baseline)
+        try:
+            baseline = generative.answers(other, load_tokenizer(task.baseline), prompts, task.max_new_tokens,
+                                           cfg.temperature)
+        finally:
+            other.close()
+    try:
+        return generative.judged(Judge(judge_cfg, endpoint(judge_cfg)), judge_cfg, prompts, answers, baseline)
+    finally:
+        release(judge_cfg)
+
+
+def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    subject = Subject(cfg)
+    results: dict[str, Any] = {"model": cfg.model.name_or_path, "tasks": {}}
+    try:
+        for task in tqdm(cfg.tasks, desc="evaluating", unit="task"):
+            start = time.perf_counter()
+            metrics = run_task(subject, task)
+            results["tasks"][task.name] = {"kind": task.kind, **metrics,
+                                           "seconds": round(time.perf_counter() - start, 2)}
+    finally:
+        subject.close()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    echo(table(results))
+    echo(f"wrote {out / 'results.json'}")
+    return results
+
+
+HEADLINE = ("accuracy", "accuracy_norm", "perplexity", "judge_score", "win_rate")
+
+
+def _rows(results: dict) -> dict[tuple[str, str], float]:
+    return {(name, key): value for name, metrics in results["tasks"].items()
+            for key, value in metrics.items() if key in HEADLINE or key in ("n", "tokens", "unparsed")}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def table(results: dict) -> str:
+    lines = [f"model: {results['model']}", f"{'task':<24} {'metric':<14} {'value':>10}"]
+    lines += [f"{task:<24} {metric:<14} {_fmt(value):>10}" for (task, metric), value in _rows(results).items()]
+    return "\n".join(lines)
+
+
+def compare(a: dict, b: dict) -> str:
+    ra, rb = _rows(a), _rows(b)
+    lines = [f"A: {a['model']}", f"B: {b['model']}",
+             f"{'task':<24} {'metric':<14} {'A':>10} {'B':>10} {'B - A':>10}"]
+    for key in list(ra) + [k for k in rb if k not in ra]:
+        va, vb = ra.get(key), rb.get(key)
+        delta = vb - va if va is not None and vb is not None else None
+        lines.append(f"{key[0]:<24} {key[1]:<14} {_fmt(va):>10} {_fmt(vb):>10} {_fmt(delta):>10}")
+    return "\n".join(lines)
