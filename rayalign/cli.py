@@ -117,14 +117,41 @@ def evaluate(ctx: typer.Context,
     run_eval(load_config(config, ctx.args, kind=EvalConfig), typer.echo)
 
 
+@app.command(context_settings=OVERRIDES)
+def infer(ctx: typer.Context,
+          config: Optional[Path] = typer.Option(None, "-c", "--config", help="recipe YAML (model: and infer:)"),
+          model: Optional[str] = typer.Option(None, "--model", help="model path or hub name (no config needed)"),
+          interactive: bool = typer.Option(False, "--interactive", "-I", help="chat in the terminal"),
+          input: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL rows with prompt or messages"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: the rows plus response")) -> None:
+    """Chat with a model in the terminal, or generate for a JSONL file over Ray workers."""
+    from rayalign.config_io import load_config
+    from rayalign import infer as run
+
+    if config is None and model is None:
+        raise UserError("infer needs -c CONFIG or --model PATH_OR_NAME")
+    if interactive == (input is not None):
+        raise UserError("infer needs exactly one of --interactive and --input FILE (with --output FILE)")
+    if input is not None and output is None:
+        raise UserError("--input needs --output FILE")
+    cfg = load_config(config, (["--model.name_or_path", model] if model else []) + ctx.args)
+    if interactive:
+        run.interactive(cfg.model, cfg.infer, input_fn, lambda text: typer.echo(text, nl=False))
+    else:
+        run.batch(cfg.model, cfg.infer, input, output, typer.echo)
+
+
+def input_fn(prompt: str) -> str:
+    return input(prompt)
+
+
 def _not_built(name: str, what: str) -> None:
     @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
     def _cmd(ctx: typer.Context) -> None:
         raise NotBuiltError(f"'rayalign {name}' is not built yet")
 
 
-for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),
-                     ("infer", "Interactive or batch inference")):
+for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),):
     _not_built(_name, _what)
 
 

@@ -201,6 +201,23 @@ class ServeConfig(Section):
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
 
 
+class InferConfig(Section):
+    engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine")
+    num_workers: int = Field(1, gt=0, description="batch: Ray workers, one engine each")
+    num_cpus: float = Field(1.0, gt=0, description="batch: Ray CPUs per worker")
+    num_gpus: float = Field(0, ge=0, description="batch: GPUs per worker (1 for CUDA vLLM)")
+    gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="vLLM memory share (of RAM on CPU)")
+    kv_cache_gib: int = Field(1, gt=0, description="VLLM_CPU_KVCACHE_SPACE for CPU builds")
+    max_model_len: int = Field(1024, gt=0, description="prompt + completion tokens")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_new_tokens: int = Field(256, gt=0, description="completion length cap")
+    n: int = Field(1, gt=0, description="batch: completions per prompt")
+    seed: int = Field(0, description="sampling seed (prompt j uses seed + j * n)")
+    chunk_size: int = Field(32, gt=0, description="batch: prompts per worker call")
+    system_prompt: str | None = Field(None, description="a system turn put before every conversation")
+
+
 class JudgeConfig(Section):
     """A judge file (``rayalign judge -c judge.yaml``, ``reward.judge``, evaluate's judge tasks): which
     model answers (a local model served on Ray Serve, or any OpenAI-compatible URL), how it is asked
@@ -274,6 +291,7 @@ class RecipeConfig(Section):
     reward: RewardConfig = Field(default_factory=RewardConfig, description="RL rewards")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="RL reference model")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="inference service")
+    infer: InferConfig = Field(default_factory=InferConfig, description="rayalign infer")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep")
 
 

@@ -7,7 +7,6 @@ actor that does not fit and wait forever, so a shortfall is an error naming each
 
 from __future__ import annotations
 
-import dataclasses
 
 import ray
 import torch
@@ -24,7 +23,7 @@ from rayalign.workers.group import spawn
 from rayalign.workers.learner import LearnerWorker
 from rayalign.workers.reference import ReferenceWorker
 from rayalign.workers.reward import RewardPool, Sample, Scored
-from rayalign.workers.rollout import RolloutWorker
+from rayalign.workers.rollout import RolloutWorker, dispatch
 
 START_TIMEOUT_S = 600.0  # a vLLM engine start on a loaded 2-core machine can take minutes
 
@@ -82,15 +81,10 @@ class RLRoles:
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
         numbering (prompt j samples with seed + j * n wherever it runs)."""
-        k = len(self.rollouts)
-        size = -(-len(prompts) // k)
-        calls = []
-        for i, worker in enumerate(self.rollouts):
-            chunk = prompts[i * size:(i + 1) * size]
-            if chunk:
-                seed = None if spec.seed is None else spec.seed + i * size * spec.n
-                calls.append(worker.generate.remote(chunk, dataclasses.replace(spec, seed=seed)))
-        return [group for part in ray.get(calls) for group in part]
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for start, groups in dispatch(self.rollouts, prompts, spec, -(-len(prompts) // len(self.rollouts))):
+            out[start:start + len(groups)] = groups
+        return out
 
     def score(self, samples: list[Sample]) -> list[Scored]:
         return self.rewards.score(samples)

@@ -1,10 +1,17 @@
-"""Rollout workers: Ray actors each holding one generation engine (vLLM, or the HF fallback).
+"""Rollout workers: Ray actors each holding one generation engine (vLLM, or the HF fallback), for RL
+rollouts and for batch inference (``rayalign infer --input``).
 
 The engine is chosen by ``rollout.engine``; everything else (prompts as token ids in, completions with
 raw log-probs out, weight loading, the sync fingerprint) is the engine interface of ``engines/base.py``.
+``dispatch`` spreads prompts over the workers in chunks, with seeds numbered globally.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import ray
 
 import torch
 
@@ -39,3 +46,27 @@ class RolloutWorker:
     def close(self) -> None:
         """Stop the engine's own processes (vLLM's engine core) before the actor is killed."""
         self.engine.close()
+
+
+def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec,
+             chunk_size: int) -> Iterator[tuple[int, list[list[Completion]]]]:
+    """Chunks of ``chunk_size`` prompts, one in flight per worker, the next to whichever finishes first;
+    yields (index of the chunk's first prompt, its completions) as chunks finish. Prompt j samples with
+    seed + j * n wherever it runs, so the samples do not depend on the number of workers."""
+    starts = list(range(0, len(prompts), chunk_size))[::-1]
+    running: dict[Any, tuple[int, Any]] = {}
+
+    def submit(worker: Any) -> None:
+        start = starts.pop()
+        seed = None if spec.seed is None else spec.seed + start * spec.n
+        ref = worker.generate.remote(prompts[start:start + chunk_size], dataclasses.replace(spec, seed=seed))
+        running[ref] = (start, worker)
+
+    for worker in workers[:len(starts)]:
+        submit(worker)
+    while running:
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        start, worker = running.pop(ref)
+        if starts:
+            submit(worker)
+        yield start, ray.get(ref)

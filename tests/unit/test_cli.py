@@ -35,7 +35,7 @@ def test_help_lists_every_command(capsys):
         assert f" {cmd} " in out
 
 
-@pytest.mark.parametrize("cmd", ["tune", "infer"])
+@pytest.mark.parametrize("cmd", ["tune"])
 def test_unbuilt_commands_say_so(cmd, capsys):
     code, out, err = run([cmd, "-c", "x.yaml"], capsys)
     assert code == 2 and err == f"error: 'rayalign {cmd}' is not built yet\n"

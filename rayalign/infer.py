@@ -1,0 +1,131 @@
+"""``rayalign infer``: batch inference over Ray workers, or a chat loop in the terminal.
+
+Batch (``--input prompts.jsonl --output out.jsonl``): rows with ``prompt`` (text or messages) or
+``messages`` (a conversation to continue; a trailing assistant turn is dropped) go in chunks to
+``infer.num_workers`` rollout workers (the RL rollout actor class, one engine each); each output row is
+the input row plus ``response`` (``responses`` when ``infer.n`` > 1), ``finish_reason`` and
+``completion_tokens``, in input order. Prompt j samples with ``seed + j * n`` however many workers run.
+
+Interactive (``--interactive``): one engine in this process; the conversation is kept, ``/reset`` starts
+over, ``/exit`` or Ctrl-D leaves. The reply is printed as it streams from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from rayalign.config import InferConfig, ModelConfig, RolloutConfig
+from rayalign.data.collate import tokenize_prompt
+from rayalign.data.sources import iter_dicts
+from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.errors import DataError
+from rayalign.models.loading import load_tokenizer
+
+
+def spec(cfg: InferConfig, n: int = 1) -> SamplingSpec:
+    return SamplingSpec(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed)
+
+
+def conversation(row: dict, where: str, system: str | None) -> list[dict] | str:
+    if "prompt" in row:
+        prompt = row["prompt"]
+    elif isinstance(row.get("messages"), list):
+        prompt = row["messages"][:-1] if row["messages"] and row["messages"][-1].get("role") == "assistant" \
+            else row["messages"]
+    else:
+        raise DataError(f"{where}: a row needs 'prompt' (text or messages) or 'messages'")
+    if isinstance(prompt, str):
+        return prompt if system is None else [{"role": "system", "content": system},
+                                              {"role": "user", "content": prompt}]
+    return ([{"role": "system", "content": system}] if system else []) + prompt
+
+
+def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo: Callable[[str], None]) -> None:
+    import ray
+
+    from rayalign.workers.group import spawn
+    from rayalign.workers.rollout import RolloutWorker, dispatch
+
+    tokenizer = load_tokenizer(model)
+    rows, prompts = [], []
+    for where, row in iter_dicts(str(source)):
+        rows.append(row)
+        prompts.append(tokenize_prompt(tokenizer, conversation(row, where, cfg.system_prompt),
+                                       cfg.max_model_len - cfg.max_new_tokens))
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    engine = RolloutConfig.model_validate({k: v for k, v in cfg.model_dump().items() if k in RolloutConfig.model_fields})
+    workers = spawn(RolloutWorker, cfg.num_workers, role="infer worker", num_cpus=cfg.num_cpus,
+                    num_gpus=cfg.num_gpus, args=(model, engine, cfg.max_model_len, cfg.seed), timeout_s=600)
+    results: list[list[Completion]] = [[] for _ in rows]
+    try:
+        with tqdm(total=len(rows), desc="generating", unit="prompt") as bar:
+            for start, groups in dispatch(workers, prompts, spec(cfg, cfg.n), cfg.chunk_size):
+                results[start:start + len(groups)] = groups
+                bar.update(len(groups))
+    finally:
+        ray.get([w.close.remote() for w in workers])
+        for w in workers:
+            ray.kill(w)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as f:
+        for row, group in zip(rows, results):
+            f.write(json.dumps({**row, **output_fields(group, cfg.n)}) + "\n")
+    tokens = sum(len(c.token_ids) for group in results for c in group)
+    echo(f"{len(rows)} prompts, {tokens} completion tokens; wrote {target}")
+
+
+def output_fields(group: list[Completion], n: int) -> dict[str, Any]:
+    if n == 1:
+        c = group[0]
+        return {"response": c.text, "finish_reason": c.finish_reason, "completion_tokens": len(c.token_ids)}
+    return {"responses": [c.text for c in group], "finish_reason": [c.finish_reason for c in group],
+            "completion_tokens": [len(c.token_ids) for c in group]}
+
+
+def interactive(model: ModelConfig, cfg: InferConfig, read: Callable[[str], str],
+                write: Callable[[str], None]) -> None:
+    from rayalign.engines.build import build_engine
+
+    tokenizer = load_tokenizer(model)
+    engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib)
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    history: list[dict] = list(system)
+    write(f"chatting with {model.name_or_path}; /reset starts over, /exit leaves\n")
+    try:
+        while True:
+            try:
+                line = read("you> ").strip()
+            except EOFError:
+                break
+            if line == "/exit":
+                break
+            if line == "/reset":
+                history = list(system)
+                write("(conversation reset)\n")
+                continue
+            if not line:
+                continue
+            history.append({"role": "user", "content": line})
+            prompt = tokenize_prompt(tokenizer, history, cfg.max_model_len - cfg.max_new_tokens)
+            write("assistant> ")
+            reply = asyncio.run(_stream(engine, prompt, spec(cfg), write))
+            write("\n")
+            history.append({"role": "assistant", "content": reply})
+    finally:
+        engine.close()
+
+
+async def _stream(engine, prompt: list[int], sampling: SamplingSpec, write: Callable[[str], None]) -> str:
+    text = ""
+    async for piece in engine.stream(prompt, sampling):
+        write(piece.text)
+        text += piece.text
+    return text
