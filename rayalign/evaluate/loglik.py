@@ -5,7 +5,8 @@ Multiple choice, as lm-evaluation-harness scores it: each choice is a continuati
 ``accuracy`` picks the choice with the highest summed log-prob, ``accuracy_norm`` the highest log-prob per
 character of the choice (so long choices are not penalised for their length).
 
-Perplexity: the text is tokenised once and cut into windows of ``window`` tokens without overlap; every
+Perplexity: the text (a plain file, or a JSONL of ``text`` rows joined by newlines) is tokenised once and cut
+into windows of ``window`` tokens without overlap; every
 token but the first of each window is scored. exp(mean negative log-prob) over all scored tokens.
 """
 
@@ -45,6 +46,19 @@ def read_mc(path: Path, limit: int) -> list[dict]:
     return rows
 
 
+def read_text(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        texts = []
+        for where, row in iter_dicts(str(path)):
+            if not isinstance(row.get("text"), str):
+                raise DataError(f"{where}: field 'text' must be a string")
+            texts.append(row["text"])
+        return "\n".join(texts)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path.read_text()
+
+
 @torch.no_grad()
 def _score(model: PreTrainedModel, pairs: list[tuple[list[int], list[int]]], pad_id: int,
            batch_size: int) -> list[float]:
@@ -79,9 +93,7 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, window: int,
                batch_size: int, limit_windows: int) -> dict[str, float]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    ids = tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(read_text(path), add_special_tokens=False)["input_ids"]
     if len(ids) < 2:
         raise DataError(f"{path}: fewer than 2 tokens of text")
     windows = [ids[i:i + window] for i in range(0, len(ids), window)][:limit_windows]

@@ -51,6 +51,18 @@ def test_every_shipped_recipe_loads_and_opens_with_its_launch_command(recipe):
     assert cfg.model.name_or_path
 
 
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("configs/*/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_its_launch_command(path):
+    from rayalign.config import EvalConfig, JudgeConfig, RecipeConfig
+
+    kind = {"judges": JudgeConfig, "eval": EvalConfig}.get(path.parent.name, RecipeConfig)
+    command = {"judges": "judge", "eval": "evaluate", "serve": "serve"}.get(path.parent.name)
+    cfg = load_config(path, kind=kind)
+    if command:
+        assert path.read_text().splitlines()[0].startswith(f"# rayalign {command} -c configs/{path.parent.name}/{path.name}")
+    assert cfg.model
+
+
 def test_yaml_values_land_in_typed_sections(tmp_path):
     cfg = load_config(write(tmp_path, BASE))
     assert cfg.training.learning_rate == pytest.approx(2e-4)
