@@ -64,16 +64,22 @@ def serve(ctx: typer.Context,
           config: Optional[Path] = typer.Option(None, "-c", "--config", help="recipe YAML (model: and serve:)"),
           model: Optional[str] = typer.Option(None, "--model", help="model path or hub name (no config needed)"),
           port: Optional[int] = typer.Option(None, "--port", help="HTTP port (serve.port)"),
-          detach: bool = typer.Option(False, "--detach", help="leave the app running on the Ray cluster")) -> None:
+          detach: bool = typer.Option(False, "--detach", help="leave the app running on the Ray cluster"),
+          stop: bool = typer.Option(False, "--stop", help="delete a detached app (serve.app_name) and exit")) -> None:
     """OpenAI-compatible inference on Ray Serve (/v1/models, /v1/chat/completions, /v1/completions)."""
     from rayalign.config_io import load_config
-    from rayalign.serve.deploy import run_server
+    from rayalign.serve.deploy import run_server, stop_detached
 
-    if config is None and model is None:
+    if config is None and model is None and not stop:
         raise UserError("serve needs -c CONFIG or --model PATH_OR_NAME")
+    if config is None and model is None:
+        model = "none"  # --stop finds the app by serve.app_name; no model is loaded
     extra = (["--model.name_or_path", model] if model else []) + (["--serve.port", str(port)] if port else [])
     cfg = load_config(config, extra + ctx.args)
-    run_server(cfg.model, cfg.serve, detach=detach, echo=typer.echo)
+    if stop:
+        stop_detached(cfg.serve.app_name, typer.echo)
+    else:
+        run_server(cfg.model, cfg.serve, detach=detach, echo=typer.echo)
 
 
 @app.command(context_settings=OVERRIDES)

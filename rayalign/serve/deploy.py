@@ -3,7 +3,7 @@ check before anything starts, and a deploy timeout naming what is missing (Ray S
 forever for replicas the cluster cannot place).
 
 ``rayalign serve`` deploys, prints the URL and stays up until Ctrl-C (then deletes the app); with
-``--detach`` it leaves the app on the cluster (stop it with ``serve shutdown`` or ``serve.delete``).
+``--detach`` it leaves the app on a running cluster (``rayalign serve --stop`` deletes it).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Call
     key = " (Bearer key required)" if api_key(cfg) else ""
     echo(f"serving '{cfg.served_model_name or model.name_or_path}' at {url}{key}")
     if detach:
-        echo(f"detached: the app '{cfg.app_name}' keeps running on the cluster (serve shutdown to stop it)")
+        echo(f"detached: the app '{cfg.app_name}' keeps running on the cluster (rayalign serve --stop to delete it)")
         return
     echo("Ctrl-C to stop")
     try:
@@ -104,3 +104,15 @@ def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Call
         echo("stopping")
     finally:
         serve.delete(cfg.app_name)
+
+
+def stop_detached(name: str, echo: Callable[[str], None]) -> None:
+    """``rayalign serve --stop``: delete a detached app from the running cluster."""
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except ConnectionError:
+        raise UserError("--stop: no running Ray cluster to find the app on") from None
+    if name not in serve.status().applications:
+        raise UserError(f"--stop: no Serve app '{name}' on this cluster (serve.app_name)")
+    serve.delete(name)
+    echo(f"deleted the Serve app '{name}'")
