@@ -59,7 +59,7 @@ def deploy(model: ModelConfig, cfg: ServeConfig) -> str:
     http = _get_global_client().http_config  # Serve's HTTP options are set once per cluster
     if (http.host, http.port) != (cfg.host, cfg.port):
         raise DeployError(f"serve: Ray Serve already listens on {http.host}:{http.port} on this cluster; "
-                          f"set serve.host/serve.port to that, or stop it first (serve shutdown)")
+                          f"set serve.host/serve.port to that, or delete its apps first (rayalign serve --stop)")
     serve.run_many([serve.RunTarget(target=application(model, cfg), name=cfg.app_name,
                                     route_prefix=cfg.route_prefix)], wait_for_applications_running=False)
     wait_running(cfg.app_name, cfg.deploy_timeout_s)
