@@ -84,7 +84,7 @@ def serve(ctx: typer.Context,
 
 @app.command(context_settings=OVERRIDES)
 def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config", help="judge YAML"),
-          input: Path = typer.Option(..., "--input", "-i", help="JSONL rows: prompt, response [, reference]"),
+          source: Path = typer.Option(..., "--input", "-i", help="JSONL rows: prompt, response [, reference]"),
           output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus judge_score etc.")) -> None:
     """Score a dataset with an LLM judge (a local model on Ray Serve, or an OpenAI-compatible URL)."""
     from rayalign.config import JudgeConfig
@@ -95,7 +95,7 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
 
     cfg = load_config(config, ctx.args, kind=JudgeConfig)
     try:
-        score_file(cfg, Judge(cfg, endpoint(cfg)), input, output, typer.echo)
+        score_file(cfg, Judge(cfg, endpoint(cfg)), source, output, typer.echo)
     finally:
         release(cfg)
 
@@ -128,7 +128,7 @@ def infer(ctx: typer.Context,
           config: Optional[Path] = typer.Option(None, "-c", "--config", help="recipe YAML (model: and infer:)"),
           model: Optional[str] = typer.Option(None, "--model", help="model path or hub name (no config needed)"),
           interactive: bool = typer.Option(False, "--interactive", "-I", help="chat in the terminal"),
-          input: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL rows with prompt or messages"),
+          source: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL rows with prompt or messages"),
           output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: the rows plus response")) -> None:
     """Chat with a model in the terminal, or generate for a JSONL file over Ray workers."""
     from rayalign.config_io import load_config
@@ -136,19 +136,15 @@ def infer(ctx: typer.Context,
 
     if config is None and model is None:
         raise UserError("infer needs -c CONFIG or --model PATH_OR_NAME")
-    if interactive == (input is not None):
+    if interactive == (source is not None):
         raise UserError("infer needs exactly one of --interactive and --input FILE (with --output FILE)")
-    if input is not None and output is None:
+    if source is not None and output is None:
         raise UserError("--input needs --output FILE")
     cfg = load_config(config, (["--model.name_or_path", model] if model else []) + ctx.args)
     if interactive:
-        run.interactive(cfg.model, cfg.infer, input_fn, lambda text: typer.echo(text, nl=False))
+        run.interactive(cfg.model, cfg.infer, input, lambda text: typer.echo(text, nl=False))
     else:
-        run.batch(cfg.model, cfg.infer, input, output, typer.echo)
-
-
-def input_fn(prompt: str) -> str:
-    return input(prompt)
+        run.batch(cfg.model, cfg.infer, source, output, typer.echo)
 
 
 def _not_built(name: str, what: str) -> None:

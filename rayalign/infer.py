@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -91,6 +92,7 @@ def output_fields(group: list[Completion], n: int) -> dict[str, Any]:
 
 def interactive(model: ModelConfig, cfg: InferConfig, read: Callable[[str], str],
                 write: Callable[[str], None]) -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM's log lines would interleave with the chat
     from rayalign.engines.build import build_engine
 
     tokenizer = load_tokenizer(model)
