@@ -95,7 +95,7 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
 
     cfg = load_config(config, ctx.args, kind=JudgeConfig)
     try:
-        score_file(cfg, Judge(cfg, endpoint(cfg)), source, output, typer.echo)
+        score_file(Judge(cfg, endpoint(cfg)), source, output, typer.echo)
     finally:
         release(cfg)
 

@@ -200,6 +200,11 @@ class ServeConfig(Section):
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
 
+    @property
+    def start_replicas(self) -> int:
+        """Replicas the app starts with (autoscaling starts at min_replicas, at least one)."""
+        return max(self.min_replicas, 1) if self.autoscaling else self.num_replicas
+
 
 class InferConfig(Section):
     engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine")

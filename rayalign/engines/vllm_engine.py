@@ -67,19 +67,23 @@ def _logprobs(out: CompletionOutput, k: int) -> tuple[list[float], list[dict[int
     return sampled, top
 
 
+def _finish(reason: str | None) -> str | None:
+    """vLLM says "stop" for a stop token or string, "length" at max_tokens ("abort" only on shutdown);
+    None while the completion is still running."""
+    return None if reason is None else "stop" if reason == "stop" else "length"
+
+
 def to_completion(out: CompletionOutput, k: int = 0) -> Completion:
     logprobs, top = _logprobs(out, k)
     return Completion(
         token_ids=list(out.token_ids), logprobs=logprobs, text=out.text, top_logprobs=top,
-        # vLLM says "stop" for a stop token or string, "length" at max_tokens ("abort" only on shutdown)
-        finish_reason="stop" if out.finish_reason == "stop" else "length")
+        finish_reason=_finish(out.finish_reason) or "length")
 
 
 def to_delta(index: int, out: CompletionOutput, k: int) -> Delta:
     logprobs, top = _logprobs(out, k)
-    finish = None if out.finish_reason is None else "stop" if out.finish_reason == "stop" else "length"
     return Delta(index=index, token_ids=list(out.token_ids), logprobs=logprobs, text=out.text,
-                 top_logprobs=top, finish_reason=finish)
+                 top_logprobs=top, finish_reason=_finish(out.finish_reason))
 
 
 class VLLMEngine:

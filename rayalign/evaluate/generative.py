@@ -12,7 +12,7 @@ import statistics
 
 from transformers import PreTrainedTokenizerBase
 
-from rayalign.config import EvalTaskConfig, JudgeConfig
+from rayalign.config import EvalTaskConfig
 from rayalign.data.collate import tokenize_prompt
 from rayalign.data.sources import iter_dicts
 from rayalign.data.tasks import generate
@@ -59,16 +59,15 @@ def judge_prompts(task: EvalTaskConfig) -> list:
     return prompts
 
 
-def judged(judge: Judge, judge_cfg: JudgeConfig, prompts: list, replies: list[str],
-           baseline: list[str] | None) -> dict[str, float]:
+def judged(judge: Judge, prompts: list, replies: list[str], baseline: list[str] | None) -> dict[str, float]:
     texts = [as_text(p) for p in prompts]
     if baseline is None:
         if judge.parser == "pairwise":
-            raise UserError(f"a pairwise judge ({judge_cfg.template}) needs tasks[].baseline to compare with")
+            raise UserError(f"a pairwise judge ({judge.cfg.template}) needs tasks[].baseline to compare with")
         verdicts = judge.score([JudgeItem(prompt=t, response=a) for t, a in zip(texts, replies)])
         return {"judge_score": _mean([v.score for v in verdicts]), **_counts(verdicts)}
     if judge.parser != "pairwise":
-        raise UserError(f"a win rate against tasks[].baseline needs a pairwise judge, not '{judge_cfg.template}'")
+        raise UserError(f"a win rate against tasks[].baseline needs a pairwise judge, not '{judge.cfg.template}'")
     first = [JudgeItem(prompt=t, response_a=a, response_b=b) for t, a, b in zip(texts, replies, baseline)]
     second = [JudgeItem(prompt=t, response_a=b, response_b=a) for t, a, b in zip(texts, replies, baseline)]
     verdicts = judge.score(first + second)

@@ -82,7 +82,7 @@ def judge_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
         finally:
             other.close()
     try:
-        return generative.judged(Judge(judge_cfg, endpoint(judge_cfg)), judge_cfg, prompts, answers, baseline)
+        return generative.judged(Judge(judge_cfg, endpoint(judge_cfg)), prompts, answers, baseline)
     finally:
         release(judge_cfg)
 

@@ -14,11 +14,9 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from rayalign.config import JudgeConfig
 from rayalign.data.sources import iter_dicts
 from rayalign.errors import DataError
 from rayalign.judge.judge import Judge, JudgeItem, Verdict
-from rayalign.judge.templates import resolve
 
 
 def as_text(value: Any) -> str:
@@ -54,8 +52,8 @@ def read_items(path: Path, pairwise: bool) -> tuple[list[dict], list[JudgeItem]]
     return rows, items
 
 
-def score_file(cfg: JudgeConfig, judge: Judge, source: Path, target: Path, echo: Callable[[str], None]) -> None:
-    rows, items = read_items(source, resolve(cfg)[1] == "pairwise")
+def score_file(judge: Judge, source: Path, target: Path, echo: Callable[[str], None]) -> None:
+    rows, items = read_items(source, judge.parser == "pairwise")
     parsed = 0
     with tqdm(total=len(items), desc="judging", unit="row") as bar:
         def tick(v: Verdict) -> None:

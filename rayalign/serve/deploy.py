@@ -43,7 +43,7 @@ def application(model: ModelConfig, cfg: ServeConfig) -> serve.Application:
 
 
 def check_resources(cfg: ServeConfig) -> None:
-    replicas = max(cfg.min_replicas, 1) if cfg.autoscaling else cfg.num_replicas
+    replicas = cfg.start_replicas
     free = ray.available_resources()
     for kind, each in (("CPU", cfg.num_cpus), ("GPU", cfg.num_gpus)):
         if each and replicas * each > free.get(kind, 0) + 1e-9:

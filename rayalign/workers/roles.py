@@ -7,7 +7,6 @@ actor that does not fit and wait forever, so a shortfall is an error naming each
 
 from __future__ import annotations
 
-
 import ray
 import torch
 
@@ -38,9 +37,8 @@ def resource_asks(cfg: RecipeConfig, judge: JudgeConfig | None = None) -> dict[s
     if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
         asks["reference"] = (cfg.reference.num_cpus, 0)
     if judge is not None and judge.model is not None:  # a local judge: its Serve replicas
-        j = judge.serve
-        replicas = max(j.min_replicas, 1) if j.autoscaling else j.num_replicas
-        asks["judge"] = (replicas * j.num_cpus, replicas * j.num_gpus)
+        replicas = judge.serve.start_replicas
+        asks["judge"] = (replicas * judge.serve.num_cpus, replicas * judge.serve.num_gpus)
     return asks
 
 
