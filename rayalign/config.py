@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
 Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
@@ -22,6 +22,10 @@ class Section(BaseModel):
     """Base of every config section: frozen, no extra keys, defaults validated too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def default_note(self, field: str) -> str:
+        """How ``config explain`` marks a field the user left unset."""
+        return "default"
 
 
 class LoraConfig(Section):
@@ -117,7 +121,56 @@ class PreferenceConfig(Section):
     )
 
 
+# Each algorithm's published hyperparameters: the one table an unset ``algorithm`` field resolves from
+# (``rayalign config explain`` marks such values "(<name> default: <paper>)"). Deviations are deliberate and
+# recorded beside the value; README.md's algorithm table mirrors this one.
+ALGORITHM_PAPERS: dict[str, str] = {
+    "grpo": "DeepSeekMath, Shao et al. 2024",
+    "dr_grpo": "Dr. GRPO, Liu et al. 2025",
+    "dapo": "DAPO, Yu et al. 2025",
+    "gspo": "GSPO, Zheng et al. 2025",
+    "rloo": "RLOO, Ahmadian et al. 2024",
+    "reinforce_pp": "REINFORCE++, Hu 2025",
+}
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    # eps 0.2, KL beta 0.04 with the k3 estimator in the loss, 1/G sum_i 1/|o_i| sum_t (eq. 3)
+    "grpo": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.04, kl_estimator="k3",
+                 loss_agg="seq-mean-token-mean", dynamic_sampling=False),
+    # GRPO's eps; no KL (beta 0 in the paper's Oat-Zero recipe); token sum / (N x max_new_tokens)
+    "dr_grpo": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.0, kl_estimator="k3",
+                    loss_agg="seq-mean-token-sum-norm", dynamic_sampling=False),
+    # clip-higher, no KL, token-level loss, dynamic sampling (the overlong buffer stays opt-in: its
+    # length, 4096 of 20480 tokens in the paper, only means something against rollout.max_new_tokens)
+    "dapo": dict(clip_low=0.2, clip_high=0.28, kl_coef=0.0, kl_estimator="k3",
+                 loss_agg="token-mean", dynamic_sampling=True),
+    # the sequence ratio's clip range (3e-4 left, 4e-4 right), no KL, 1/G sum_i over sequences
+    "gspo": dict(clip_low=3e-4, clip_high=4e-4, kl_coef=0.0, kl_estimator="k3",
+                 loss_agg="seq-mean-token-mean", dynamic_sampling=False),
+    # REINFORCE on whole sequences (sum of token log-probs); the paper has no clip, which on-policy (one
+    # update per step, our default) never acts anyway; its beta x KL sits in the reward, tuned per task,
+    # and rayalign has no reward-side KL: the default is none, kl_coef adds a loss-side one
+    "rloo": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.0, kl_estimator="k3",
+                 loss_agg="seq-mean-token-sum", dynamic_sampling=False),
+    # PPO's clip, token-level loss; the paper's per-token k1 KL sits in the reward, which rayalign has no
+    # place for: the KL is that of the author's REINFORCE++-baseline recipe (OpenRLHF), k2 in the loss at 1e-3
+    "reinforce_pp": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.001, kl_estimator="k2",
+                         loss_agg="token-mean", dynamic_sampling=False),
+}
+# Settings an algorithm's definition fixes: a user value other than the table's is an error, not ignored.
+ALGORITHM_FIXED: dict[str, dict[str, str]] = {
+    "dr_grpo": {"loss_agg": "the token sum / (N x max_new_tokens) is the paper's fix for GRPO's length bias"},
+    "dapo": {"loss_agg": "the token-level loss is one of DAPO's techniques",
+             "kl_coef": "the DAPO paper drops the KL term"},
+    "gspo": {"loss_agg": "one clipped ratio per sequence, averaged over sequences"},
+}
+LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
 class AlgorithmConfig(Section):
+    """RL hyperparameters. Fields left unset (or null) take the chosen algorithm's published value from
+    :data:`ALGORITHM_DEFAULTS`, resolved at validation; a value the user sets always wins, and a setting
+    the algorithm fixes (:data:`ALGORITHM_FIXED`) may only be set to that value."""
+
     name: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = Field(
         "grpo", description="policy-gradient variant"
     )
@@ -127,18 +180,51 @@ class AlgorithmConfig(Section):
         None, gt=0, description="samples per optimizer step; null = all samples of the step"
     )
     ppo_epochs: int = Field(1, gt=0, description="passes over each step's samples")
-    clip_low: float = Field(0.2, ge=0, description="ratio clip below: 1 - clip_low")
-    clip_high: float = Field(0.2, ge=0, description="ratio clip above: 1 + clip_high (DAPO: 0.28)")
-    kl_coef: float = Field(0.0, ge=0, description="weight of the KL-to-reference term; 0 skips the reference")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3)")
-    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
-        "token-mean", description="how token losses reduce to one number (grpo, rloo, reinforce_pp)"
-    )
-    dynamic_sampling: bool = Field(
-        False, description="drop groups whose rewards are all equal (DAPO); they carry no gradient")
+    clip_low: float | None = Field(None, ge=0, lt=1, description="ratio clip below: 1 - clip_low")
+    clip_high: float | None = Field(None, ge=0, description="ratio clip above: 1 + clip_high")
+    kl_coef: float | None = Field(
+        None, ge=0, description="weight of the KL-to-reference loss term; 0 skips the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] | None = Field(
+        None, description="KL estimator (Schulman's k1/k2/k3); null while kl_coef is 0")
+    loss_agg: LossAgg | None = Field(
+        None, description="how token losses reduce to one number; settable for grpo, rloo, reinforce_pp")
+    dynamic_sampling: bool | None = Field(
+        None, description="drop groups whose rewards are all equal (DAPO's; any algorithm may use it)")
     overlong_buffer: int | None = Field(
-        None, gt=0, description="DAPO overlong penalty: reward falls to -1 over the last N tokens "
-        "before rollout.max_new_tokens; null = off")
+        None, gt=0, description="DAPO overlong penalty (any algorithm may use it): reward falls to -1 over "
+        "the last N tokens before rollout.max_new_tokens; null = off")
+
+    @model_validator(mode="after")
+    def _algorithm_defaults(self) -> "AlgorithmConfig":
+        for key, value in ALGORITHM_DEFAULTS[self.name].items():
+            if getattr(self, key) is not None:
+                continue
+            self.model_fields_set.discard(key)  # an explicit null means "the default" too
+            if key != "kl_estimator" or self.kl_coef:  # no KL term, no estimator: it stays null
+                object.__setattr__(self, key, value)  # frozen: resolved once, here
+        return self
+
+    def default_note(self, field: str) -> str:
+        if field in ALGORITHM_DEFAULTS[self.name]:
+            return f"{self.name} default: {ALGORITHM_PAPERS[self.name]}"
+        return super().default_note(field)
+
+    def setting_errors(self) -> list[tuple[str, str]]:
+        """(key, message) for each set value the algorithm does not use."""
+        errors = []
+        for key, why in ALGORITHM_FIXED.get(self.name, {}).items():
+            fixed = ALGORITHM_DEFAULTS[self.name][key]
+            if key in self.model_fields_set and getattr(self, key) != fixed:
+                errors.append((key, f"{self.name} fixes {key} at {fixed!r} ({why}); remove the key or choose "
+                                    "another algorithm"))
+        if self.loss_agg == "seq-mean-token-sum-norm" and self.name != "dr_grpo":
+            errors.append(("loss_agg", f"seq-mean-token-sum-norm is Dr. GRPO's loss, not {self.name}'s: "
+                                       "use name: dr_grpo"))
+        if "kl_estimator" in self.model_fields_set and self.kl_coef == 0:
+            why = "as set" if "kl_coef" in self.model_fields_set else f"the {self.name} default"
+            errors.append(("kl_estimator", f"unused with {self.name}: kl_coef is 0 ({why}); set kl_coef > 0 "
+                                           "or remove the key"))
+        return errors
 
 
 class ReferenceConfig(Section):
@@ -158,6 +244,9 @@ class RolloutConfig(Section):
         0.2, gt=0, le=1, description="vLLM memory share (of RAM on CPU builds)"
     )
     kv_cache_gib: int = Field(1, gt=0, description="VLLM_CPU_KVCACHE_SPACE for CPU builds")
+    max_restarts: int = Field(
+        3, ge=0, description="rollout workers replaced after their engine died (each gets the learner's "
+        "weights and the phase is retried); one more death stops the run")
 
 
 class RewardFnConfig(Section):
@@ -197,6 +286,8 @@ class ServeConfig(Section):
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 for CUDA vLLM)")
     torch_threads: int = Field(2, gt=0, description="torch threads per replica (CPU engines)")
     deploy_timeout_s: float = Field(300, gt=0, description="give up when replicas are not up by then")
+    health_check_period_s: float = Field(
+        10, gt=0, description="how often Serve asks each replica whether its engine lives; a dead one is replaced")
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
 
@@ -336,8 +427,7 @@ def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
         errors.append((("reward", "functions"), "online RL needs at least one reward function or a reward.judge"))
     if a.name == "rloo" and a.group_size < 2:
         errors.append((("algorithm", "group_size"), "rloo needs group_size >= 2 (leave-one-out baseline)"))
-    if a.name == "dapo" and a.kl_coef > 0:
-        errors.append((("algorithm", "kl_coef"), "dapo has no KL term (the DAPO paper drops it); set 0 or use grpo"))
+    errors += [(("algorithm", key), message) for key, message in a.setting_errors()]
     if cfg.data and cfg.rollout.max_new_tokens >= cfg.data.train.max_length:
         errors.append((("rollout", "max_new_tokens"), f"must be below data.train.max_length "
                        f"({cfg.data.train.max_length}), the prompt + completion budget"))

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rayalign.config import RecipeConfig, cross_field_errors
+from rayalign.config import RecipeConfig, Section, cross_field_errors
 from rayalign.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -229,7 +229,9 @@ def _validate(data: dict, source: "_Source", overrides: list[tuple[KeyPath, Any]
 
 
 def explain(cfg: RecipeConfig) -> str:
-    """The resolved config, one field per line with its doc, then the derived batch arithmetic."""
+    """The resolved config, one field per line with its doc and, for a value the user left unset, where it
+    came from ("(default)", or "(dapo default: DAPO, Yu et al. 2025)" for an algorithm's published value);
+    then the derived batch arithmetic."""
     lines: list[str] = []
     _explain_model(cfg, 0, lines)
     lines.append("")
@@ -238,16 +240,16 @@ def explain(cfg: RecipeConfig) -> str:
     return "\n".join(lines)
 
 
-def _explain_model(model: BaseModel, indent: int, lines: list[str]) -> None:
+def _explain_model(model: Section, indent: int, lines: list[str]) -> None:
     pad = "  " * indent
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         doc = field.description or ""
-        mark = "" if name in model.model_fields_set else " (default)"
-        if isinstance(value, BaseModel):
+        mark = "" if name in model.model_fields_set else f" ({model.default_note(name)})"
+        if isinstance(value, Section):
             lines.append(f"{pad}{name}:".ljust(44) + f"  # {doc}")
             _explain_model(value, indent + 1, lines)
-        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        elif isinstance(value, list) and value and isinstance(value[0], Section):
             lines.append(f"{pad}{name}:".ljust(44) + f"  # {doc}")
             for item in value:
                 sub: list[str] = []

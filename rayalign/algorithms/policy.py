@@ -4,15 +4,19 @@ Shapes: ``logp``, ``old_logp``, ``ref_logp`` [N, T] per-token log-probs of the s
 under the current policy, the policy that sampled them, and the reference; ``mask`` [N, T] 1 on
 completion tokens; ``advantages`` [N], one per completion (see ``advantages.py``).
 
+The functions take every hyperparameter explicitly (clip range, KL weight, aggregation): each algorithm's
+published values live in one table, ``rayalign.config.ALGORITHM_DEFAULTS``, resolved into the config.
+
 - grpo          PPO's clipped surrogate per token, ratio = pi / pi_old, clipped to [1 - clip_low,
                 1 + clip_high], plus ``kl_coef`` x KL(pi || pi_ref) per token (DeepSeekMath); reduced by
-                ``loss_agg``.
+                ``loss_agg`` (the paper's is seq-mean-token-mean: 1/G sum_i 1/|o_i| sum_t).
 - dr_grpo       the same surrogate, summed over tokens and divided by a constant (``max_new_tokens`` x N)
                 instead of each completion's length: Dr. GRPO's fix for the length bias.
 - dapo          clip-higher (clip_high > clip_low, 0.28 in the paper) and token-mean aggregation, no KL.
 - gspo          GSPO (Zheng et al. 2025): one ratio per sequence, the geometric mean of the token ratios,
-                s = exp(mean_t (log pi - log pi_old)), clipped per sequence; mean over sequences.
-- rloo, reinforce_pp  the clipped surrogate of ``grpo`` with their own advantages.
+                s = exp(mean_t (log pi - log pi_old)), clipped per sequence to [1 - clip_low, 1 + clip_high]
+                (3e-4 / 4e-4 in the paper); mean over sequences.
+- rloo, reinforce_pp  the clipped surrogate of ``grpo`` with their own advantages and aggregation.
 KL estimators (Schulman, "Approximating KL divergence"), with log r = log pi_ref - log pi:
 k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r (unbiased and always >= 0).
 """
@@ -75,30 +79,28 @@ def _with_kl(token_loss, logp, ref_logp, mask, kl_coef: float, estimator: str, m
     return token_loss + kl_coef * kl
 
 
-def grpo_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2, clip_high: float = 0.2,
-              kl_coef: float = 0.0, ref_logp=None, kl_estimator: str = "k3",
-              loss_agg: str = "token-mean") -> tuple[torch.Tensor, Metrics]:
+def grpo_loss(logp, old_logp, advantages, mask, *, clip_low: float, clip_high: float, loss_agg: str,
+              kl_coef: float = 0.0, ref_logp=None, kl_estimator: str = "k3") -> tuple[torch.Tensor, Metrics]:
     token_loss, metrics = clipped_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high)
     token_loss = _with_kl(token_loss, logp, ref_logp, mask, kl_coef, kl_estimator, metrics)
     return aggregate(token_loss, mask, loss_agg), metrics
 
 
-def dr_grpo_loss(logp, old_logp, advantages, mask, *, max_len: int, clip_low: float = 0.2,
-                 clip_high: float = 0.2, kl_coef: float = 0.0, ref_logp=None,
-                 kl_estimator: str = "k3") -> tuple[torch.Tensor, Metrics]:
+def dr_grpo_loss(logp, old_logp, advantages, mask, *, max_len: int, clip_low: float, clip_high: float,
+                 kl_coef: float = 0.0, ref_logp=None, kl_estimator: str = "k3") -> tuple[torch.Tensor, Metrics]:
     """Token losses summed, divided by the constant N x ``max_len`` (max_new_tokens)."""
     token_loss, metrics = clipped_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high)
     token_loss = _with_kl(token_loss, logp, ref_logp, mask, kl_coef, kl_estimator, metrics)
     return (token_loss * mask).sum() / (mask.shape[0] * max_len), metrics
 
 
-def dapo_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2,
-              clip_high: float = 0.28) -> tuple[torch.Tensor, Metrics]:
+def dapo_loss(logp, old_logp, advantages, mask, *, clip_low: float,
+              clip_high: float) -> tuple[torch.Tensor, Metrics]:
     token_loss, metrics = clipped_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high)
     return aggregate(token_loss, mask, "token-mean"), metrics
 
 
-def gspo_loss(logp, old_logp, advantages, mask, *, clip_low: float = 3e-4, clip_high: float = 4e-4,
+def gspo_loss(logp, old_logp, advantages, mask, *, clip_low: float, clip_high: float,
               kl_coef: float = 0.0, ref_logp=None, kl_estimator: str = "k3") -> tuple[torch.Tensor, Metrics]:
     """Sequence-level ratio s_i = exp(mean_t log(pi / pi_old)), clipped per sequence."""
     m = mask.to(logp.dtype)

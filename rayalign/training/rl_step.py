@@ -35,20 +35,19 @@ LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 
 def policy_loss(a: AlgorithmConfig, max_new_tokens: int) -> tuple[LossFn, str]:
-    """The loss of ``algorithm.name`` as ``fn(logp, old_logp, advantages, mask, ref_logp=...)`` and the
-    unit its reduction averages over ("tokens" or "sequences")."""
+    """The loss of ``algorithm.name`` with the config's (resolved, per-algorithm) hyperparameters, as
+    ``fn(logp, old_logp, advantages, mask, ref_logp=...)``, and the unit its reduction averages over:
+    "tokens" for token-mean, "sequences" otherwise."""
     clip = {"clip_low": a.clip_low, "clip_high": a.clip_high}
-    kl = {"kl_coef": a.kl_coef, "kl_estimator": a.kl_estimator}
+    kl = {"kl_coef": a.kl_coef, "kl_estimator": a.kl_estimator} if a.kl_coef else {}
     surrogate = partial(P.grpo_loss, **clip, **kl, loss_agg=a.loss_agg)
-    per_sequence = "tokens" if a.loss_agg == "token-mean" else "sequences"
-    table: dict[str, tuple[LossFn, str]] = {
-        "grpo": (surrogate, per_sequence), "rloo": (surrogate, per_sequence),
-        "reinforce_pp": (surrogate, per_sequence),
-        "dr_grpo": (partial(P.dr_grpo_loss, max_len=max_new_tokens, **clip, **kl), "sequences"),
-        "dapo": (lambda logp, old, adv, mask, ref_logp=None: P.dapo_loss(logp, old, adv, mask, **clip), "tokens"),
-        "gspo": (partial(P.gspo_loss, **clip, **kl), "sequences"),
+    table: dict[str, LossFn] = {
+        "grpo": surrogate, "rloo": surrogate, "reinforce_pp": surrogate,
+        "dr_grpo": partial(P.dr_grpo_loss, max_len=max_new_tokens, **clip, **kl),
+        "dapo": lambda logp, old, adv, mask, ref_logp=None: P.dapo_loss(logp, old, adv, mask, **clip),
+        "gspo": partial(P.gspo_loss, **clip, **kl),
     }
-    return table[a.name]
+    return table[a.name], "tokens" if a.loss_agg == "token-mean" else "sequences"
 
 
 def _trim(batch: RolloutBatch) -> RolloutBatch:

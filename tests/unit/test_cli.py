@@ -139,5 +139,5 @@ def test_grpo_recipe_errors_name_the_key(tmp_path, capsys):
     assert code == 2 and err.startswith("error: reward.functions[0].name: unknown reward 'no_such_reward'")
     code, _, err = run(["train", "-c", str(cfg), "--reward.functions[0].name", "boxed_answer",
                         "--algorithm.name", "dapo", "--algorithm.kl_coef", "0.1"], capsys)
-    assert code == 2 and err.endswith("algorithm.kl_coef: dapo has no KL term (the DAPO paper drops it); "
-                                      "set 0 or use grpo\n")
+    assert (code, err) == (2, "error: override --algorithm.kl_coef: dapo fixes kl_coef at 0.0 (the DAPO paper "
+                              "drops the KL term); remove the key or choose another algorithm\n")

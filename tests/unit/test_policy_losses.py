@@ -41,6 +41,8 @@ LOGP = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, 0.0]])
 OLD = torch.tensor([[-1.2, -1.5, -0.5], [-1.0, -0.2, 0.0]])
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 ADV = torch.tensor([1.0, -2.0])
+PPO = {"clip_low": 0.2, "clip_high": 0.2}  # the functions take every hyperparameter explicitly
+DAPO = {"clip_low": 0.2, "clip_high": 0.28}
 
 
 def _token_losses(clip_low, clip_high):
@@ -57,7 +59,7 @@ def _token_losses(clip_low, clip_high):
 
 def test_grpo_token_mean_and_clip_fraction():
     tl = _token_losses(0.1, 0.1)
-    loss, m = P.grpo_loss(LOGP, OLD, ADV, MASK, clip_low=0.1, clip_high=0.1)
+    loss, m = P.grpo_loss(LOGP, OLD, ADV, MASK, clip_low=0.1, clip_high=0.1, loss_agg="token-mean")
     assert loss.item() == pytest.approx((sum(tl[0]) + tl[1][0] + tl[1][1]) / 5, rel=1e-6)
     # ratio e^0.2 = 1.22 > 1.1 with A > 0 -> clipped; e^-0.5 = 0.61 < 0.9 with A < 0 -> clipped
     assert m["clip_fraction"] == pytest.approx(2 / 5)
@@ -66,20 +68,20 @@ def test_grpo_token_mean_and_clip_fraction():
 def test_loss_aggregations():
     tl = _token_losses(0.2, 0.2)
     seq_sums = [sum(tl[0]), tl[1][0] + tl[1][1]]
-    loss, _ = P.grpo_loss(LOGP, OLD, ADV, MASK, loss_agg="seq-mean-token-sum")
+    loss, _ = P.grpo_loss(LOGP, OLD, ADV, MASK, **PPO, loss_agg="seq-mean-token-sum")
     assert loss.item() == pytest.approx(sum(seq_sums) / 2, rel=1e-6)
-    loss, _ = P.grpo_loss(LOGP, OLD, ADV, MASK, loss_agg="seq-mean-token-mean")
+    loss, _ = P.grpo_loss(LOGP, OLD, ADV, MASK, **PPO, loss_agg="seq-mean-token-mean")
     assert loss.item() == pytest.approx((seq_sums[0] / 3 + seq_sums[1] / 2) / 2, rel=1e-6)
-    loss, _ = P.dr_grpo_loss(LOGP, OLD, ADV, MASK, max_len=8)
+    loss, _ = P.dr_grpo_loss(LOGP, OLD, ADV, MASK, max_len=8, **PPO)
     assert loss.item() == pytest.approx(sum(seq_sums) / (2 * 8), rel=1e-6)
 
 
 def test_dapo_clips_higher():
     tl = _token_losses(0.2, 0.28)
-    loss, _ = P.dapo_loss(LOGP, OLD, ADV, MASK)
+    loss, _ = P.dapo_loss(LOGP, OLD, ADV, MASK, **DAPO)
     assert loss.item() == pytest.approx((sum(tl[0]) + tl[1][0] + tl[1][1]) / 5, rel=1e-6)
     # the 1.22 ratio is inside 1 + 0.28: not clipped, unlike with clip_high 0.2
-    assert P.dapo_loss(LOGP, OLD, ADV, MASK)[1]["clip_fraction"] == pytest.approx(1 / 5)
+    assert P.dapo_loss(LOGP, OLD, ADV, MASK, **DAPO)[1]["clip_fraction"] == pytest.approx(1 / 5)
 
 
 def test_gspo_sequence_ratio():
@@ -99,9 +101,9 @@ def test_kl_estimators_and_penalty():
     assert P.kl_penalty(logp, ref, "k2").item() == pytest.approx(0.125)
     assert P.kl_penalty(logp, ref, "k3").item() == pytest.approx(math.exp(log_r) - 1 - log_r)
     assert P.kl_penalty(ref, ref, "k3").item() == 0.0
-    base, _ = P.grpo_loss(LOGP, OLD, ADV, MASK)
+    base, _ = P.grpo_loss(LOGP, OLD, ADV, MASK, **PPO, loss_agg="token-mean")
     ref_logp = LOGP - 0.3
-    with_kl, m = P.grpo_loss(LOGP, OLD, ADV, MASK, kl_coef=0.1, ref_logp=ref_logp)
+    with_kl, m = P.grpo_loss(LOGP, OLD, ADV, MASK, **PPO, loss_agg="token-mean", kl_coef=0.1, ref_logp=ref_logp)
     k3 = math.exp(-0.3) - 1 + 0.3  # log r = -0.3 on every token
     assert with_kl.item() == pytest.approx(base.item() + 0.1 * k3, rel=1e-5)
     assert m["kl"] == pytest.approx(k3, rel=1e-5)
@@ -109,7 +111,7 @@ def test_kl_estimators_and_penalty():
 
 def test_policy_gradient_direction():
     logp = LOGP.clone().requires_grad_()
-    loss, _ = P.grpo_loss(logp, logp.detach(), ADV, MASK)  # on-policy: ratio 1, nothing clipped
+    loss, _ = P.grpo_loss(logp, logp.detach(), ADV, MASK, **PPO, loss_agg="token-mean")  # on-policy: ratio 1, nothing clipped
     loss.backward()
     # d/dlogp of -A * ratio / 5 at ratio 1 = -A / 5 on every masked token
     assert logp.grad.flatten().tolist() == pytest.approx([-0.2, -0.2, -0.2, 0.4, 0.4, 0.0])

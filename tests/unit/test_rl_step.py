@@ -46,7 +46,7 @@ def test_on_policy_grpo_loss_is_minus_token_mean_advantage(tiny_model_dir, batch
     with torch.no_grad():
         logp, _ = next_token_logps(model, batch.input_ids, batch.attention_mask)
     batch.rollout_logps = logp * batch.completion_mask  # the engine ran the same weights
-    m = _learner(model, AlgorithmConfig(name="grpo")).train_step(batch, step=0)
+    m = _learner(model, AlgorithmConfig(name="grpo", loss_agg="token-mean", kl_coef=0)).train_step(batch, step=0)
     lengths = torch.tensor([3.0, 7, 5, 2])
     # ratio = 1 on-policy: loss = -sum_i A_i |o_i| / sum_i |o_i|
     assert m["loss"] == pytest.approx(-(batch.advantages * lengths).sum().item() / lengths.sum().item(), abs=1e-6)
@@ -58,7 +58,8 @@ def test_micro_batches_do_not_change_the_update(tiny_model_dir, batch):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     models = [copy.deepcopy(base) for _ in range(2)]
     for model, micro in zip(models, (4, 1)):
-        _learner(model, AlgorithmConfig(name="grpo", loss_agg="seq-mean-token-mean"), micro).train_step(batch, 0)
+        # grpo's default aggregation, seq-mean-token-mean: each sequence's weight must not depend on micro
+        _learner(model, AlgorithmConfig(name="grpo", kl_coef=0), micro).train_step(batch, 0)
     for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert not torch.equal(models[0].model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
@@ -71,7 +72,7 @@ def test_mismatch_kl_is_k3_of_engine_vs_learner(tiny_model_dir, batch):
     shift = 0.1 * batch.completion_mask  # the engine's log-probs 0.1 higher on every sampled token
     batch.rollout_logps = (logp + shift) * batch.completion_mask
     # two mini-batches x 2 epochs: old log-probs come from the separate pass before any update
-    m = _learner(model, AlgorithmConfig(name="grpo", mini_batch_size=2, ppo_epochs=2)).train_step(batch, 0)
+    m = _learner(model, AlgorithmConfig(name="grpo", kl_coef=0, mini_batch_size=2, ppo_epochs=2)).train_step(batch, 0)
     d = torch.tensor(-0.1, dtype=torch.float64)  # log r = learner - engine
     assert m["mismatch_kl"] == pytest.approx((torch.exp(d) - 1 - d).item(), rel=1e-4)
     assert m["optimizer_steps"] == 4
@@ -84,7 +85,8 @@ def test_every_algorithm_trains(tiny_model_dir, batch, name):
         batch.rollout_logps = next_token_logps(model, batch.input_ids, batch.attention_mask)[0] * batch.completion_mask
     batch.ref_logps = batch.rollout_logps - 0.05 * batch.completion_mask
     kl = 0.0 if name == "dapo" else 0.1
-    m = _learner(model, AlgorithmConfig(name=name, kl_coef=kl, clip_high=0.28)).train_step(batch, 0)
+    kl_args = {"kl_coef": kl, "kl_estimator": "k3"} if kl else {}
+    m = _learner(model, AlgorithmConfig(name=name, clip_high=0.28, **kl_args)).train_step(batch, 0)
     assert torch.isfinite(torch.tensor(m["loss"])) and m["grad_norm"] > 0
     if kl:
         assert m["kl"] == pytest.approx(torch.tensor(-0.05).exp().item() - 1 + 0.05, rel=1e-4)  # k3, log r = -0.05
