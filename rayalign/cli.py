@@ -15,7 +15,7 @@ from typing import Optional
 import click
 import typer
 
-from rayalign.errors import NotBuiltError, UserError
+from rayalign.errors import NotBuiltError, RunError, UserError
 
 app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -241,6 +241,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except RunError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)

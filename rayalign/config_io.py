@@ -205,6 +205,21 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     return _validate(data, _Source(file, root, []), parse_overrides(overrides), kind)
 
 
+def recipes_writing(directory: str | Path, root: Path = Path("configs/recipes")) -> list[Path]:
+    """The recipes under ``root`` whose run writes ``directory`` (its ``training.output_dir``, or that
+    directory's ``final``), to tell a user which one to run first."""
+    target = Path(directory).resolve()
+    found = []
+    for path in sorted(root.rglob("*.yaml")):
+        try:
+            out = (yaml.safe_load(path.read_text()) or {}).get("training", {}).get("output_dir")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if out and target in (Path(out).resolve(), Path(out).resolve() / "final"):
+            found.append(path)
+    return found
+
+
 def with_overrides(cfg: RecipeConfig, updates: dict[str, Any]) -> RecipeConfig:
     """Python-API twin of CLI overrides: ``with_overrides(cfg, {"training.max_steps": 5})``."""
     parsed = [(parse_key_path(key), value) for key, value in updates.items()]

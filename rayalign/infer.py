@@ -24,7 +24,7 @@ from rayalign.config import InferConfig, ModelConfig, RolloutConfig
 from rayalign.data.collate import tokenize_prompt
 from rayalign.data.sources import iter_dicts
 from rayalign.engines.base import Completion, SamplingSpec
-from rayalign.errors import DataError
+from rayalign.errors import DataError, RunError
 from rayalign.models.loading import load_tokenizer
 
 
@@ -51,7 +51,7 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
     import ray
 
     from rayalign.workers.group import spawn
-    from rayalign.workers.rollout import RolloutWorker, dispatch
+    from rayalign.workers.rollout import RolloutFailed, RolloutWorker, dispatch, stop
 
     tokenizer = load_tokenizer(model)
     rows, prompts = [], []
@@ -67,13 +67,13 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
     results: list[list[Completion]] = [[] for _ in rows]
     try:
         with tqdm(total=len(rows), desc="generating", unit="prompt") as bar:
-            for start, groups in dispatch(workers, prompts, spec(cfg, cfg.n), cfg.chunk_size):
+            for start, groups in dispatch(workers, prompts, spec(cfg, cfg.n), cfg.chunk_size, "infer worker"):
                 results[start:start + len(groups)] = groups
                 bar.update(len(groups))
+    except RolloutFailed as exc:
+        raise RunError(f"{exc}; nothing was written to {target}") from None
     finally:
-        ray.get([w.close.remote() for w in workers])
-        for w in workers:
-            ray.kill(w)
+        stop(workers)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w") as f:
         for row, group in zip(rows, results):

@@ -17,14 +17,15 @@ from __future__ import annotations
 import ray
 
 from rayalign.engines.base import check_sync
+from rayalign.workers.rollout import result
 
 
 class WeightSyncError(RuntimeError):
     pass
 
 
-def verify(engine_fps: list[tuple[float, float]], learner_fp: tuple[float, float]) -> None:
-    for i, fp in enumerate(engine_fps):
+def verify(engine_fps: dict[int, tuple[float, float]], learner_fp: tuple[float, float]) -> None:
+    for i, fp in engine_fps.items():
         try:
             check_sync(fp, learner_fp)
         except RuntimeError as exc:
@@ -32,11 +33,13 @@ def verify(engine_fps: list[tuple[float, float]], learner_fp: tuple[float, float
                                   "weights") from None
 
 
-def sync_weights(learners: list, rollouts: list) -> tuple[float, float]:
-    """Send the learners' weights to every rollout worker and verify them; returns the fingerprint."""
+def sync_weights(learners: list, rollouts: dict[int, object]) -> tuple[float, float]:
+    """Send the learners' weights to the rollout workers (by index) and verify them; returns the
+    fingerprint. A worker whose engine died raises ``RolloutFailed`` naming it."""
     calls = [learner.gather_weights.options(num_returns=2).remote() for learner in learners]
     weights, fingerprint = calls[0]
     ray.get([c[1] for c in calls[1:]])  # the other ranks' halves of the collective
     learner_fp = ray.get(fingerprint)
-    verify(ray.get([worker.load_weights.remote(weights) for worker in rollouts]), learner_fp)
+    loads = {i: worker.load_weights.remote(weights) for i, worker in rollouts.items()}
+    verify({i: result("rollout worker", i, ref) for i, ref in loads.items()}, learner_fp)
     return learner_fp

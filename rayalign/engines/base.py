@@ -67,8 +67,16 @@ class GenerationEngine(Protocol):
     def fingerprint(self) -> tuple[float, float]:
         """(sum, sum of squares) over the running weights, float64; see ``weights_fingerprint``."""
 
+    def check_health(self) -> None:
+        """Raise :class:`EngineDied` when the engine can no longer generate."""
+
     def close(self) -> None:
         """Release the engine's processes and memory."""
+
+
+class EngineDied(RuntimeError):
+    """The engine's processes are gone: every later call fails too. The message is the root cause, one
+    line; the caller adds which role and worker it was (rollout worker 0, serve replica)."""
 
 
 def weights_fingerprint(tensors: Iterable[torch.Tensor]) -> tuple[float, float]:

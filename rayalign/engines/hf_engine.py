@@ -116,5 +116,8 @@ class HFEngine:
     def fingerprint(self) -> tuple[float, float]:
         return weights_fingerprint(unique_tensors(self.model))
 
+    def check_health(self) -> None:
+        """Always healthy: the model lives in this process, which dies with it."""
+
     def close(self) -> None:
         """Nothing to stop: the model lives in this process."""

@@ -13,6 +13,17 @@ the interface's promises:
   vLLM's worker (``collective_rpc``), where the weights live.
 - after a weight load the prefix cache is reset: vLLM would otherwise reuse KV blocks computed with the
   old weights for any prompt it has seen (measured: log-probs off by ~1 on a 200-token prompt).
+- on CPU, no chunked prefill. When the scheduler splits a prompt's prefill over steps, vLLM discards
+  the token sampled after the partial prefill and rewinds a seeded request's generator
+  (``gen.set_offset(gen.get_offset() - 4)`` in its model runner, CUDA-only: CPU generators have no
+  offset), and the engine core dies with "CPU Generator does not use offset". Any batch of seeded
+  requests whose prompts exceed the step's token budget triggers it (the RL rollout's 16 x 8 samples;
+  a client sending ``seed``). Without chunked prefill a prompt is prefilled in one step (vLLM raises
+  the budget to at least ``max_model_len``), nothing is discarded, and each seeded request's samples
+  stay a function of its seed alone. CUDA generators rewind, so GPUs keep chunked prefill.
+
+When the engine dies anyway, :class:`~rayalign.engines.base.EngineDied` carries the root cause its own
+processes logged (``engines/vllm_errors.py``), not vLLM's "see stack trace above".
 
 Stop tokens come from the model: vLLM stops at the tokenizer's EOS and at every ``eos_token_id`` in
 ``generation_config.json`` (e.g. ChatML's ``<|im_end|>``).
@@ -31,12 +42,13 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from rayalign.config import ModelConfig
-from rayalign.engines import vllm_ext
-from rayalign.engines.base import Completion, Delta, SamplingSpec
+from rayalign.engines import vllm_errors, vllm_ext
+from rayalign.engines.base import Completion, Delta, EngineDied, SamplingSpec
 
 T = TypeVar("T")
 
@@ -95,11 +107,14 @@ class VLLMEngine:
             dtype=model.dtype, trust_remote_code=model.trust_remote_code, seed=seed,
             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager, logprobs_mode="raw_logprobs", disable_log_stats=True,
+            enable_chunked_prefill=not current_platform.is_cpu(),
             worker_extension_cls=f"{vllm_ext.__name__}.{vllm_ext.WeightSyncExtension.__name__}")
+        self._errors = vllm_errors.new_error_file()  # before the engine's processes start: they inherit it
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
-        self.llm: AsyncLLM = self._run(self._start(args))
+        self.llm: AsyncLLM | None = None
+        self.llm = self._run(self._start(args))
         self.max_model_len: int = self.llm.model_config.max_model_len
 
     @staticmethod
@@ -108,7 +123,19 @@ class VLLMEngine:
 
     def _run(self, coro: Awaitable[T]) -> T:
         """Run a coroutine on the engine's loop and wait for it (from any other thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except Exception:
+            if self.llm is not None and self.llm.errored:
+                raise self._died() from None  # one line with the cause, not vLLM's chain of frames
+            raise
+
+    def _died(self) -> EngineDied:
+        return EngineDied(f"vLLM engine died: {vllm_errors.root_cause(self._errors)}")
+
+    def check_health(self) -> None:
+        if self.llm.errored:
+            raise self._died()
 
     async def _final(self, prompt: list[int], params: SamplingParams) -> RequestOutput:
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
@@ -143,7 +170,7 @@ class VLLMEngine:
                 await asyncio.gather(*(one(i) for i in range(spec.n)))
                 put(None)
             except Exception as exc:  # handed to the caller's loop and raised there
-                put(exc)
+                put(self._died() if self.llm.errored else exc)
 
         task = asyncio.run_coroutine_threadsafe(produce(), self._loop)
         try:

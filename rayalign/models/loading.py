@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rayalign.config import ModelConfig
+from rayalign.config_io import recipes_writing
 from rayalign.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -16,8 +19,27 @@ def _load_error(what: str, name: str, exc: Exception) -> UserError:
     return UserError(f"model.name_or_path: cannot load {what} '{name}': {first}")
 
 
+def _looks_local(name: str) -> bool:
+    """A path, not a hub id ("org/name"): absolute, ./ ../ ~, two slashes or more, or under a directory
+    that exists here (``outputs/sft`` when ``outputs/`` does)."""
+    return (Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or name.count("/") >= 2
+            or ("/" in name and Path(name.split("/")[0]).is_dir()))
+
+
+def check_local(name: str) -> None:
+    """A local model directory that does not exist is named as such, with the recipe that writes it
+    (transformers would take it for a hub id and complain about its form)."""
+    if not _looks_local(name) or Path(name).expanduser().exists():
+        return
+    makers = recipes_writing(name)
+    hint = (f"it is written by {makers[0]}: run `rayalign train -c {makers[0]}` first" if makers else
+            "a training run writes OUTPUT_DIR/final when it finishes; check the path")
+    raise UserError(f"model.name_or_path: the local directory '{name}' does not exist; {hint}")
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     name = cfg.tokenizer or cfg.name_or_path
+    check_local(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -29,6 +51,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: ModelConfig, *, apply_lora: bool = True) -> PreTrainedModel:
     """The model with ``cfg.dtype``; wrapped in a peft LoRA model when ``cfg.lora`` is set."""
+    check_local(cfg.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=DTYPES[cfg.dtype],

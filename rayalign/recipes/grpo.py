@@ -42,7 +42,7 @@ from rayalign.config_io import load_config
 from rayalign.data.collate import collate_rollout, tokenize_prompt
 from rayalign.data.loading import load_split
 from rayalign.engines.base import SamplingSpec
-from rayalign.errors import UserError
+from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, PhaseTimer
 from rayalign.models.loading import load_tokenizer
@@ -106,6 +106,7 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
             roles.sync()
     metrics.update(timer.seconds)
     metrics["step_time_s"] = sum(timer.seconds.values())
+    metrics["rollout_restarts"] = float(roles.rollout_restarts)  # so far in this run
     return metrics
 
 
@@ -138,7 +139,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x {a.group_size}"
          + (f", resuming after step {resumed.step}" if resumed else ""))
     roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(checkpoints(out)[-1]) if resumed else None,
-                    judge)
+                    judge, notify=tqdm.write)
     try:
         state = _train(roles, cfg, prompts, max_steps, out, tokenizer.pad_token_id)
     finally:
@@ -163,6 +164,7 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     stop_at = min(max_steps, state.step + (t.stop_after_steps or max_steps))
     log = MetricsLog(out, state.step)
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", unit="step")
+    saved = state.step
     try:
         while state.step < stop_at:
             rows = [prompts[i] for i in order.step_indices(state.step)]
@@ -177,6 +179,15 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
             bar.update(1)
             if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
                 roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit)
+                saved = state.step
+    except RunError as exc:
+        # A rollout worker failed, not the learners: unless they already took the failed step's update,
+        # they hold exactly the finished steps, kept as a checkpoint to resume from.
+        if state.step > saved and not roles.learned_unsynced:
+            roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit)
+            saved = state.step
+        where = f"; continue from checkpoint-{saved:06d} with --resume" if saved else ""
+        raise RunError(f"{exc}\nstopped after step {state.step} of {max_steps}{where}") from None
     finally:
         bar.close()
         log.close()

@@ -33,7 +33,8 @@ def api_key(cfg: ServeConfig) -> str | None:
 
 def application(model: ModelConfig, cfg: ServeConfig) -> serve.Application:
     options: dict = {"ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                     "max_ongoing_requests": cfg.max_ongoing_requests}
+                     "max_ongoing_requests": cfg.max_ongoing_requests,
+                     "health_check_period_s": cfg.health_check_period_s}
     if cfg.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                          "target_ongoing_requests": cfg.target_ongoing_requests}

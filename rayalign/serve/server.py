@@ -8,6 +8,9 @@ chat template exactly as RL prompts do (``data.collate.tokenize_prompt``).
 Every refusal is an OpenAI error body with a 4xx status, checked in the order OpenAI checks: the API
 key (401), the JSON body (400), the model name (404), the context length (400). A refused request
 never reaches the engine, so the replica keeps serving.
+
+A replica whose engine died answers 503 with the engine's root cause (OpenAI error JSON, as every other
+failure: never a plain-text 500) and fails Serve's health check (``check_health``), so Serve replaces it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from rayalign.config import ModelConfig, ServeConfig
 from rayalign.data.collate import tokenize_prompt
-from rayalign.engines.base import Delta, SamplingSpec
+from rayalign.engines.base import Delta, EngineDied, SamplingSpec
 from rayalign.engines.build import build_engine
 from rayalign.models.loading import load_tokenizer
 from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, envelope, error_body,
@@ -39,6 +42,18 @@ app = FastAPI(title="rayalign OpenAI-compatible API")
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body, status_code=exc.status)
+
+
+@app.exception_handler(EngineDied)
+async def _engine_died(request: Request, exc: EngineDied) -> JSONResponse:
+    return JSONResponse(error_body(f"serve replica: {exc}; it is being replaced, retry shortly",
+                                   kind="server_error", code="engine_dead"), status_code=503)
+
+
+@app.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours: still OpenAI JSON
+    return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", kind="server_error"),
+                        status_code=500)
 
 
 @app.exception_handler(HTTPException)
@@ -93,6 +108,10 @@ class OpenAIServer:
         self.name = cfg.served_model_name or model.name_or_path
         self.api_key = api_key
         self.created = int(time.time())
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose engine died is replaced."""
+        self.engine.check_health()
 
     # ---- routes -------------------------------------------------------------------------------------
 
@@ -226,6 +245,8 @@ class OpenAIServer:
         try:
             async for d in self.engine.stream(prompt, spec):
                 yield d
+        except EngineDied as exc:
+            yield sse(error_body(f"serve replica: {exc}", kind="server_error", code="engine_dead"))
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged by Serve
             yield sse(error_body(f"generation failed: {exc}", kind="server_error"))
 

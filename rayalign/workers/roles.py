@@ -3,9 +3,17 @@ reference, the reward pool. Each method is one phase of a step, a typed call on 
 
 Before any actor starts, the roles' resource asks are added up against the cluster: Ray would queue an
 actor that does not fit and wait forever, so a shortfall is an error naming each role and its ask.
+
+A rollout worker whose engine dies (or whose process is killed) during generation or a weight sync is
+replaced: a new actor, loaded with the learners' current weights (fingerprint-verified), and the phase is
+retried. Seeds are a function of the step, so the retried generation samples what the first try would
+have. At most ``rollout.max_restarts`` replacements per run; past that, :class:`RunError` names the
+worker and the engine's root cause.
 """
 
 from __future__ import annotations
+
+from typing import Callable, TypeVar
 
 import ray
 import torch
@@ -14,7 +22,7 @@ from rayalign.batch import RolloutBatch
 from rayalign.checkpoint import TrainerState
 from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.engines.base import Completion, SamplingSpec
-from rayalign.errors import UserError
+from rayalign.errors import RunError, UserError
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
 from rayalign.weight_sync import sync_weights
@@ -22,8 +30,9 @@ from rayalign.workers.group import spawn
 from rayalign.workers.learner import LearnerWorker
 from rayalign.workers.reference import ReferenceWorker
 from rayalign.workers.reward import RewardPool, Sample, Scored
-from rayalign.workers.rollout import RolloutWorker, dispatch
+from rayalign.workers.rollout import RolloutFailed, RolloutWorker, dispatch, stop
 
+T = TypeVar("T")
 START_TIMEOUT_S = 600.0  # a vLLM engine start on a loaded 2-core machine can take minutes
 
 
@@ -56,12 +65,13 @@ def check_resources(cfg: RecipeConfig, judge: JudgeConfig | None = None) -> None
 
 class RLRoles:
     def __init__(self, cfg: RecipeConfig, max_steps: int, max_model_len: int, restored: str | None,
-                 judge: JudgeConfig | None = None):
+                 judge: JudgeConfig | None = None, notify: Callable[[str], None] = print):
         check_resources(cfg, judge)
         s, r, t = cfg.scaling, cfg.rollout, cfg.training
-        self.rollouts = spawn(RolloutWorker, r.num_workers, role="rollout worker", num_cpus=r.num_cpus,
-                              num_gpus=r.num_gpus, args=(cfg.model, r, max_model_len, t.seed),
-                              timeout_s=START_TIMEOUT_S)
+        self.rollout_args = (cfg.model, r, max_model_len, t.seed)
+        self.rollouts = self._spawn_rollouts(r.num_workers)
+        self.max_restarts, self.rollout_restarts, self.notify = r.max_restarts, 0, notify
+        self.learned_unsynced = False
         self.learners = spawn(LearnerWorker, s.num_workers, role="learner", num_cpus=s.cpus_per_worker,
                               num_gpus=1 if s.use_gpu else 0, args=(s.num_workers, s), timeout_s=START_TIMEOUT_S)
         address = ray.get(self.learners[0].rendezvous.remote())
@@ -76,13 +86,44 @@ class RLRoles:
         self.judge_cfg = judge
         self.rewards = RewardPool(cfg.reward, judge=judge and Judge(judge, endpoint(judge)))
 
+    def _spawn_rollouts(self, count: int) -> list:
+        r = self.rollout_args[1]
+        return spawn(RolloutWorker, count, role="rollout worker", num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                     args=self.rollout_args, timeout_s=START_TIMEOUT_S)
+
+    def _with_restarts(self, phase: Callable[[], T]) -> T:
+        """``phase()``, replacing a rollout worker that died in it and running it again."""
+        failed: RolloutFailed | None = None
+        while True:
+            try:
+                if failed is not None:
+                    self._replace(failed)
+                return phase()
+            except RolloutFailed as exc:
+                failed = exc
+
+    def _replace(self, failed: RolloutFailed) -> None:
+        if not failed.engine_died:
+            raise RunError(str(failed))
+        if self.rollout_restarts >= self.max_restarts:
+            raise RunError(f"{failed}; stopping: {self.rollout_restarts} restart(s) already "
+                           f"(rollout.max_restarts={self.max_restarts})")
+        self.rollout_restarts += 1
+        self.notify(f"{failed}; restarting it ({self.rollout_restarts} of at most {self.max_restarts})")
+        stop([self.rollouts[failed.index]])
+        [self.rollouts[failed.index]] = self._spawn_rollouts(1)
+        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]})
+
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
         numbering (prompt j samples with seed + j * n wherever it runs)."""
-        out: list[list[Completion]] = [[] for _ in prompts]
-        for start, groups in dispatch(self.rollouts, prompts, spec, -(-len(prompts) // len(self.rollouts))):
-            out[start:start + len(groups)] = groups
-        return out
+        def once() -> list[list[Completion]]:
+            out: list[list[Completion]] = [[] for _ in prompts]
+            for start, groups in dispatch(self.rollouts, prompts, spec, -(-len(prompts) // len(self.rollouts))):
+                out[start:start + len(groups)] = groups
+            return out
+
+        return self._with_restarts(once)
 
     def score(self, samples: list[Sample]) -> list[Scored]:
         return self.rewards.score(samples)
@@ -94,10 +135,13 @@ class RLRoles:
 
     def train(self, batch: RolloutBatch, step: int) -> dict[str, float]:
         ref = ray.put(batch)
+        self.learned_unsynced = True  # the learners are a step ahead of the step count until the sync
         return ray.get([learner.train_step.remote(ref, step) for learner in self.learners])[0]
 
     def sync(self) -> tuple[float, float]:
-        return sync_weights(self.learners, self.rollouts)
+        fingerprint = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts))))
+        self.learned_unsynced = False
+        return fingerprint
 
     def save(self, directory: str, state: TrainerState, keep: int | None) -> None:
         ray.get([learner.save.remote(directory, state, keep) for learner in self.learners])
@@ -106,6 +150,6 @@ class RLRoles:
         self.rewards.shutdown()
         if self.judge_cfg is not None:
             release(self.judge_cfg)
-        ray.get([worker.close.remote() for worker in self.rollouts])
-        for actor in self.rollouts + self.learners + ([self.reference] if self.reference else []):
+        stop(self.rollouts)
+        for actor in self.learners + ([self.reference] if self.reference else []):
             ray.kill(actor)

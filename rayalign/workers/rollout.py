@@ -3,7 +3,9 @@ rollouts and for batch inference (``rayalign infer --input``).
 
 The engine is chosen by ``rollout.engine``; everything else (prompts as token ids in, completions with
 raw log-probs out, weight loading, the sync fingerprint) is the engine interface of ``engines/base.py``.
-``dispatch`` spreads prompts over the workers in chunks, with seeds numbered globally.
+``dispatch`` spreads prompts over the workers in chunks, with seeds numbered globally. A worker's
+failure comes out as :class:`RolloutFailed`, naming the worker and the root cause in one line (an engine
+that died, or an actor whose process did); RL restarts such a worker (``workers/roles.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ray
 import torch
 
 from rayalign.config import ModelConfig, RolloutConfig
-from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.engines.base import Completion, EngineDied, SamplingSpec
 from rayalign.engines.build import build_engine
 from rayalign.workers.group import quiet_actor
 
@@ -48,8 +50,40 @@ class RolloutWorker:
         self.engine.close()
 
 
-def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec,
-             chunk_size: int) -> Iterator[tuple[int, list[list[Completion]]]]:
+class RolloutFailed(RuntimeError):
+    """Worker ``index`` of a rollout group failed. ``engine_died``: its engine or its actor's process is
+    gone (a restart can help); otherwise the call itself raised (a bug: the message keeps its traceback)."""
+
+    def __init__(self, role: str, index: int, error: Exception):
+        self.index = index
+        cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error  # the remote exception
+        self.engine_died = isinstance(cause, (EngineDied, ray.exceptions.RayActorError))
+        if isinstance(cause, ray.exceptions.RayActorError):
+            why = "its Ray actor died (the process was killed or crashed)"
+        else:  # EngineDied is one line; anything else keeps the remote traceback Ray formatted
+            why = str(cause if isinstance(cause, EngineDied) else error)
+        super().__init__(f"{role} {index}: {why}")
+
+
+def result(role: str, index: int, ref: Any) -> Any:
+    """``ray.get`` of a call on worker ``index``, its failure as :class:`RolloutFailed`."""
+    try:
+        return ray.get(ref)
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+        raise RolloutFailed(role, index, exc) from None
+
+
+def stop(workers: list[Any], timeout_s: float = 60.0) -> None:
+    """Stop the engines' own processes (vLLM's engine core), then the actors; a worker already dead or
+    whose engine died is killed all the same."""
+    refs = [w.close.remote() for w in workers]
+    ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for w in workers:
+        ray.kill(w)
+
+
+def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec, chunk_size: int,
+             role: str = "rollout worker") -> Iterator[tuple[int, list[list[Completion]]]]:
     """Chunks of ``chunk_size`` prompts, one in flight per worker, the next to whichever finishes first;
     yields (index of the chunk's first prompt, its completions) as chunks finish. Prompt j samples with
     seed + j * n wherever it runs, so the samples do not depend on the number of workers."""
@@ -69,4 +103,4 @@ def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec,
         start, worker = running.pop(ref)
         if starts:
             submit(worker)
-        yield start, ray.get(ref)
+        yield start, result(role, workers.index(worker), ref)

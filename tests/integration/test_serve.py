@@ -1,7 +1,10 @@
 """The OpenAI-compatible Serve app on the tiny model with a vLLM replica, driven by the official ``openai``
 client: chat, streamed chat, completions (several prompts, n, stop, logprobs), the API key, and bad
-requests answered with OpenAI error JSON while the server keeps serving. Plus ``rayalign serve`` as a
-process (HF engine), stopped with Ctrl-C."""
+requests answered with OpenAI error JSON while the server keeps serving; 64 concurrent seeded requests
+(issue 11's crash); an engine killed under the replica answered with 503 JSON and the replica replaced.
+Plus ``rayalign serve`` as a process (HF engine), stopped with Ctrl-C."""
+
+import asyncio
 
 import json
 import os
@@ -12,6 +15,7 @@ import time
 
 import httpx
 import openai
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -30,7 +34,8 @@ def server(ray_local, tiny_model_dir):
 
     from rayalign.serve.deploy import deploy
 
-    cfg = ServeConfig(port=free_port(), api_key=KEY, num_cpus=0.5, max_model_len=256, served_model_name="tiny")
+    cfg = ServeConfig(port=free_port(), api_key=KEY, num_cpus=0.5, max_model_len=256, served_model_name="tiny",
+                      health_check_period_s=2)
     url = deploy(ModelConfig(name_or_path=str(tiny_model_dir)), cfg)
     yield url
     serve.shutdown()
@@ -122,6 +127,63 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     assert r.status_code == status
     error = r.json()["error"]
     assert text in error["message"] and error["type"] == "invalid_request_error"
+    assert chat(client, max_tokens=3).choices[0].message.content is not None
+
+
+def long_messages(tokenizer, i: int, tokens: int = 200) -> list[dict]:
+    """A distinct chat prompt of about ``tokens`` tokens (distinct: no shared prefix-cache blocks)."""
+    gen = torch.Generator().manual_seed(i)
+    words = ["".join(chr(97 + c) for c in torch.randint(0, 26, (5,), generator=gen).tolist()) for _ in range(400)]
+    text = f"Request {i}:"
+    while len(tokenize_prompt(tokenizer, [{"role": "user", "content": text}], None)) < tokens:
+        text += " " + words.pop()
+    return [{"role": "user", "content": text}]
+
+
+def test_concurrent_seeded_long_prompts(server, client, tiny_tokenizer):
+    """Issue 11: 64 seeded chat requests at once, ~200-token prompts (12k tokens against a 2048-token step
+    budget) killed the engine for everyone. All are answered, reproducibly, and the server serves on."""
+    async def ask_all() -> list:
+        c = openai.AsyncOpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=120)
+        return await asyncio.gather(*(c.chat.completions.create(
+            model="tiny", messages=long_messages(tiny_tokenizer, i), max_tokens=8, seed=i, temperature=1.0)
+            for i in range(64)), return_exceptions=True)
+
+    answers = asyncio.run(ask_all())
+    assert [a for a in answers if isinstance(a, Exception)] == []
+    assert all(a.usage.prompt_tokens >= 200 and a.choices[0].message.content is not None for a in answers)
+    again = client.chat.completions.create(model="tiny", messages=long_messages(tiny_tokenizer, 5), max_tokens=8,
+                                           seed=5, temperature=1.0)
+    assert again.choices[0].message.content == answers[5].choices[0].message.content  # seeds hold under load
+    assert chat(client, max_tokens=3).choices[0].message.content is not None
+
+
+def engine_processes() -> list[psutil.Process]:
+    """The vLLM processes under the Serve replica's actor (its engine core and model worker); Ray titles
+    an actor's process ``ray::ServeReplica:<app>:<deployment>``."""
+    [replica] = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"
+                 in " ".join(p.info["cmdline"] or [])]
+    return replica.children(recursive=True)
+
+
+def test_engine_death_gets_503_json_and_the_replica_is_replaced(server, client):
+    """Last in the module: it kills the replica's engine. Until Serve's health check replaces the
+    replica, requests get 503 OpenAI JSON naming the engine's failure; then the new replica serves."""
+    for proc in engine_processes():
+        proc.kill()
+    statuses, deadline = [], time.monotonic() + 240
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{server}/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 3},
+                       headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "engine_dead" and error["type"] == "server_error"
+        assert error["message"].startswith("serve replica: vLLM engine died: its processes exited"), error
+        time.sleep(1)
+    assert statuses[0] == 503 and statuses[-1] == 200, statuses
     assert chat(client, max_tokens=3).choices[0].message.content is not None
 
 

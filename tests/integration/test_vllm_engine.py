@@ -141,3 +141,18 @@ def test_stops_at_eos_ids_and_stop_strings(engine, hf, tiny_tokenizer):
     c = engine.generate([prompt], SamplingSpec(temperature=1.0, max_new_tokens=16, seed=3,
                                                stop=(text[cut:cut + 2],)))[0][0]
     assert (c.text, c.finish_reason) == (text[:cut], "stop") and len(c.token_ids) < 16
+
+
+def test_concurrent_seeded_requests_past_the_token_budget(engine):
+    """The quickstart's crash (issue 11): seeded requests whose prompts together exceed the scheduler's
+    per-step token budget (2048 on CPU) made vLLM split a prefill, then rewind the seeded CPU generator
+    ("CPU Generator does not use offset") and kill the engine core. 64 distinct 200-token prompts, all
+    submitted at once; seeds stay per request: a prompt sampled alone gives the same tokens."""
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 1000, (200,), generator=gen).tolist() for _ in range(64)]
+    spec = SamplingSpec(n=2, temperature=1.0, max_new_tokens=8, seed=11)
+    out = engine.generate(prompts, spec)
+    assert [len(g) for g in out] == [2] * 64 and all(len(c.token_ids) >= 1 for g in out for c in g)
+    for j in (0, 37, 63):  # prompt j samples with seed + j * n whatever else is in the batch
+        alone = engine.generate([prompts[j]], SamplingSpec(n=2, temperature=1.0, max_new_tokens=8, seed=11 + 2 * j))
+        assert [c.token_ids for c in alone[0]] == [c.token_ids for c in out[j]]

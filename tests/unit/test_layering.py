@@ -10,7 +10,8 @@ PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalig
         "rayalign.metrics", "rayalign.data.collate", "rayalign.training.loop", "rayalign.training.objectives",
         "rayalign.training.sharding", "rayalign.training.batching", "rayalign.training.rl_step",
         "rayalign.recipes.common", "rayalign.judge.judge", "rayalign.judge.parsers", "rayalign.judge.templates",
-        "rayalign.judge.dataset", "rayalign.engines.build", "rayalign.serve.protocol"]
+        "rayalign.judge.dataset", "rayalign.engines.build", "rayalign.serve.protocol",
+        "rayalign.engines.vllm_errors"]
 
 
 def test_core_modules_do_not_import_ray():

@@ -29,5 +29,24 @@ def test_lora_wraps_with_peft_and_trains_only_adapters(tiny_model_dir):
 
 
 def test_missing_model_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=rf"^model.name_or_path: the local directory '{tmp_path}/none' does not "
+                                        "exist; a training run writes OUTPUT_DIR/final when it finishes"):
+        load_model(ModelConfig(name_or_path=str(tmp_path / "none")))
+    (tmp_path / "none").mkdir()  # there, but no model in it: transformers' own reason
     with pytest.raises(UserError, match=rf"^model.name_or_path: cannot load model '{tmp_path}/none'"):
         load_model(ModelConfig(name_or_path=str(tmp_path / "none")))
+
+
+def test_missing_run_output_names_the_recipe_that_writes_it(tmp_path, monkeypatch):
+    """Issue 11: dpo.yaml before sft.yaml said "Repo id must be in the form 'repo_name'"."""
+    recipes = tmp_path / "configs" / "recipes" / "tiny"
+    recipes.mkdir(parents=True)
+    (recipes / "sft.yaml").write_text("trainer: sft\ntraining:\n  output_dir: outputs/sft\n")
+    (recipes / "broken.yaml").write_text("training: [\n")
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_tokenizer(ModelConfig(name_or_path="outputs/sft/final"))
+    assert str(err.value) == ("model.name_or_path: the local directory 'outputs/sft/final' does not exist; it is "
+                              "written by configs/recipes/tiny/sft.yaml: run `rayalign train -c "
+                              "configs/recipes/tiny/sft.yaml` first")
