@@ -200,3 +200,4 @@ class VLLMEngine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         del self.llm  # collected now, not at interpreter exit (where AsyncLLM.__del__ fails on torn-down globals)
+        self._errors.unlink(missing_ok=True)
