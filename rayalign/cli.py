@@ -104,15 +104,20 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
 def evaluate(ctx: typer.Context,
              config: Optional[Path] = typer.Option(None, "-c", "--config", help="evaluation YAML"),
              compare: Optional[tuple[Path, Path]] = typer.Option(
-                 None, "--compare", help="two results.json files to print side by side")) -> None:
+                 None, "--compare", help="two results.json files to print side by side"),
+             plot: Optional[Path] = typer.Option(None, "--plot", help="with --compare: the shares as a bar chart PNG")
+             ) -> None:
     """Evaluate a model: verifiable tasks, multiple choice, perplexity, judge scores and win rates."""
     if compare:
-        from rayalign.evaluate.run import compare as side_by_side
+        from rayalign.evaluate.run import compare as side_by_side, plot_shares
 
         for path in compare:
             if not path.is_file():
                 raise UserError(f"{path}: results file not found")
-        typer.echo(side_by_side(*(json.loads(p.read_text()) for p in compare)))
+        results = [json.loads(p.read_text()) for p in compare]
+        typer.echo(side_by_side(*results))
+        if plot is not None:
+            typer.echo(f"wrote {plot_shares(results, plot)}")
         return
     if config is None:
         raise UserError("evaluate needs -c CONFIG (or --compare A/results.json B/results.json)")
@@ -121,6 +126,42 @@ def evaluate(ctx: typer.Context,
     from rayalign.evaluate.run import evaluate as run_eval
 
     run_eval(load_config(config, ctx.args, kind=EvalConfig), typer.echo)
+
+
+@app.command("compare")
+def compare_models(
+    models: list[str] = typer.Argument(..., help="two or more models: PATH_OR_NAME or label=PATH_OR_NAME"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="JSONL prompt rows (default: --task)"),
+    task: str = typer.Option("letter_count", "--task", help="built-in task whose held-out prompts to use"),
+    n: int = typer.Option(8, "--n", min=1, help="prompts (first N of the file, or N task prompts)"),
+    seed: int = typer.Option(1234, help="task prompt seed"),
+    reward: list[str] = typer.Option(["boxed_answer"], "--reward", "-r",
+                                     help="reward function(s) scoring each answer; repeat to sum"),
+    interactive: bool = typer.Option(False, "--interactive", "-I", help="send each typed prompt to every model"),
+    engine: str = typer.Option("vllm", "--engine", help="vllm | hf"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    max_new_tokens: int = typer.Option(128, min=1),
+    max_model_len: int = typer.Option(1024, min=2),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: each prompt with every answer"),
+) -> None:
+    """Put several models' answers to the same prompts side by side, with their rewards."""
+    from rayalign import compare as cmp
+    from rayalign.engines.base import SamplingSpec
+
+    if engine not in ("vllm", "hf"):
+        raise UserError(f"--engine: '{engine}' is not one of vllm, hf")
+    pairs = cmp.parse_models(models)
+    rows = None if interactive else cmp.load_prompts(prompts, task, n, seed)
+    scorer = cmp.reward_for(reward)
+    spec = SamplingSpec(temperature=temperature, max_new_tokens=max_new_tokens, seed=0)
+    contenders = cmp.open_models(pairs, engine, max_model_len)
+    try:
+        if interactive:
+            cmp.interactive(contenders, spec, input, typer.echo)
+        else:
+            cmp.fixed(contenders, rows, spec, scorer, output, typer.echo)
+    finally:
+        cmp.close(contenders)
 
 
 @app.command(context_settings=OVERRIDES)
@@ -185,6 +226,7 @@ def data_make(
     out: Path = typer.Option(..., "--out", "-o", help="output .jsonl"),
     fmt: str = typer.Option("prompt", "--format", "-f", help="sft | preference | kto | prompt | text"),
     seed: int = typer.Option(0, help="generator seed"),
+    split: str = typer.Option("train", help="train | test (letter_count: held-out words)"),
 ) -> None:
     """Generate a built-in verifiable task as JSONL in any data format."""
     from rayalign.data.tasks import TASKS, generate, to_row
@@ -192,11 +234,37 @@ def data_make(
     if task not in TASKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
     _check_format(fmt)
+    try:
+        examples = generate(task, n, seed, split)
+    except KeyError as exc:
+        raise UserError(f"--split: {exc.args[0]}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
-        for i, ex in enumerate(generate(task, n, seed)):
+        for i, ex in enumerate(examples):
             f.write(json.dumps(to_row(ex, fmt, i)) + "\n")
     typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}")
+
+
+@data_app.command("pairs")
+def data_pairs(
+    samples: Path = typer.Argument(..., help="`rayalign infer --infer.n K` output: prompt rows with 'responses'"),
+    out: Path = typer.Option(..., "--out", "-o", help="output preference .jsonl"),
+    reward: list[str] = typer.Option(["boxed_answer"], "--reward", "-r",
+                                     help="reward function (built-in or module:fn); repeat to sum several"),
+) -> None:
+    """Rank each prompt's sampled answers by reward: best vs. worst as a preference pair (on-policy DPO data)."""
+    from rayalign.config import RewardFnConfig
+    from rayalign.data.pairs import rank_pairs
+    from rayalign.data.sources import iter_dicts
+    from rayalign.rewards.registry import WeightedReward
+
+    total = WeightedReward([RewardFnConfig(name=name) for name in reward])
+    pairs, counts = rank_pairs(iter_dicts(str(samples)), lambda p, text, meta: total(p, text, **meta)[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in pairs)
+    typer.echo(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had answers that "
+               f"all scored the same); wrote {out}")
 
 
 @models_app.command("create-tiny")

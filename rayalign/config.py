@@ -349,6 +349,10 @@ class EvalTaskConfig(Section):
                              "JSONL; null = the built-in set")
     num_samples: int = Field(100, gt=0, description="examples (generated tasks; first N rows of files)")
     seed: int = Field(1234, description="task generator seed (held out from training's 0..)")
+    split: Literal["train", "test"] = Field(
+        "test", description="generate: the task's held-out set (letter_count: words training never sees)")
+    sampled: int = Field(0, ge=0, description="generate: also score N answers per prompt sampled at "
+                         "temperature 1 (sampled_accuracy)")
     max_new_tokens: int = Field(64, gt=0, description="generation length cap")
     judge: str | None = Field(None, description="judge: judge YAML file")
     baseline: ModelConfig | None = Field(None, description="judge: a second model for the win rate")

@@ -1,6 +1,7 @@
 """Built-in verifiable tasks with seeds: data for examples and tests without downloads.
 
-- ``letter_count``  "How many 'r' in 'strawberry'?" -> ``\\boxed{3}`` (the GRPO laptop-quickstart task)
+- ``letter_count``  "How many 'r' in 'strawberry'?" -> ``s0 t0 r1 ... y3 \\boxed{3}`` (the GRPO laptop-quickstart
+                    task, answered with a running count; counts 0-3 evenly; held-out words for ``split="test"``)
 - ``arithmetic``    "What is 17 + 25?" -> ``\\boxed{42}`` (small integers, + - *)
 - ``countdown``     reach a target with each given number once, + - * -> ``\\boxed{(3+5)*7}``
 
@@ -54,22 +55,68 @@ def boxed(text: str) -> str:
     return "\\boxed{" + text + "}"
 
 
-def letter_count(rng: random.Random) -> Example:
-    word = rng.choice(WORDS)
-    letter = rng.choice(word) if rng.random() < 0.8 else rng.choice(LETTERS)
-    count = word.count(letter)
-    wrong = count + rng.choice((-1, 1)) if count > 0 else 1
+def _split_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    words = list(WORDS)
+    random.Random(0).shuffle(words)
+    return tuple(words[len(words) // 5:]), tuple(words[:len(words) // 5])
+
+
+# letter_count's real words: a fifth are held out, so a test score measures counting, not memory
+TRAIN_WORDS, HELD_OUT_WORDS = _split_words()
+MAX_COUNT = 3  # counts are drawn evenly from 0..MAX_COUNT, so no constant answer scores above ~1/4
+PSEUDO_WORD_SHARE = 0.5  # training rows on random letter strings: the model must read, not recall
+
+
+def _real_word(rng: random.Random, words: tuple[str, ...], count: int) -> tuple[str, str]:
+    while True:
+        word = rng.choice(words)
+        letters = sorted(set(LETTERS) - set(word)) if count == 0 else sorted(
+            {ch for ch in word if word.count(ch) == count})
+        if letters:
+            return word, rng.choice(letters)
+
+
+def _pseudo_word(rng: random.Random, count: int) -> tuple[str, str]:
+    letter = rng.choice(LETTERS)
+    others = [ch for ch in LETTERS if ch != letter]
+    chars = [rng.choice(others) for _ in range(rng.randint(max(4, count), 12) - count)]
+    for _ in range(count):
+        chars.insert(rng.randint(0, len(chars)), letter)
+    return "".join(chars), letter
+
+
+def count_trace(word: str, letter: str, slip: int | None = None) -> str:
+    """The worked answer: each letter with the running count, then the count boxed:
+    ``s0 t0 r1 a1 w1 b1 e1 r2 r3 y3 \\boxed{3}``. ``slip`` miscounts one position (a wrong answer)."""
+    run, parts = 0, []
+    for i, ch in enumerate(word):
+        run += (ch == letter) != (i == slip)
+        parts.append(f"{ch}{run}")
+    return " ".join(parts) + " " + boxed(str(run))
+
+
+def letter_count(rng: random.Random, split: str = "train", index: int = 0) -> Example:
+    """Counts 0..MAX_COUNT evenly. ``train``: drawn at random, on training words or (half the time) random
+    letter strings; ``test``: the held-out words only, counts in turn (every count equally often)."""
+    count = index % (MAX_COUNT + 1) if split == "test" else rng.randint(0, MAX_COUNT)
+    if split == "test":
+        word, letter = _real_word(rng, HELD_OUT_WORDS, count)
+    elif rng.random() < PSEUDO_WORD_SHARE:
+        word, letter = _pseudo_word(rng, count)
+    else:
+        word, letter = _real_word(rng, TRAIN_WORDS, count)
+    wrong = count_trace(word, letter, slip=rng.randrange(len(word)))
     return Example(
         task="letter_count",
         prompt=f"How many '{letter}' in '{word}'?",
         answer=str(count),
-        solution=f"'{word}' has {count} '{letter}'. {boxed(str(count))}",
-        wrong=f"'{word}' has {wrong} '{letter}'. {boxed(str(wrong))}",
+        solution=count_trace(word, letter),
+        wrong=wrong,
         metadata={"word": word, "letter": letter},
     )
 
 
-def arithmetic(rng: random.Random) -> Example:
+def arithmetic(rng: random.Random, split: str = "train", index: int = 0) -> Example:
     op = rng.choice("+-*")
     a, b = (rng.randint(0, 99), rng.randint(0, 99)) if op != "*" else (rng.randint(0, 12), rng.randint(0, 12))
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
@@ -118,7 +165,7 @@ def eval_arithmetic(expr: str) -> int:
     return walk(tree.body)
 
 
-def countdown(rng: random.Random) -> Example:
+def countdown(rng: random.Random, split: str = "train", index: int = 0) -> Example:
     numbers = [rng.randint(1, 12) for _ in range(rng.choice((3, 4)))]
     expr, target = "", 0
     while target <= 0:  # keep targets positive, as in the Countdown game
@@ -137,19 +184,26 @@ def countdown(rng: random.Random) -> Example:
     )
 
 
-TASKS: dict[str, Callable[[random.Random], Example]] = {
+# each task: (rng, split, index in the set) -> Example
+TASKS: dict[str, Callable[[random.Random, str, int], Example]] = {
     "letter_count": letter_count,
     "arithmetic": arithmetic,
     "countdown": countdown,
 }
 
 
-def generate(task: str, n: int, seed: int = 0) -> list[Example]:
-    """``n`` examples of ``task``, the same for the same seed."""
+SPLITS = ("train", "test")
+
+
+def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[Example]:
+    """``n`` examples of ``task``, the same for the same seed. ``split="test"`` draws from what training
+    never sees where the task has such a set (letter_count: held-out words); other tasks differ by seed."""
     if task not in TASKS:
         raise KeyError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
-    rng = random.Random(f"{task}:{seed}")
-    return [TASKS[task](rng) for _ in range(n)]
+    if split not in SPLITS:
+        raise KeyError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
+    rng = random.Random(f"{task}:{seed}" + ("" if split == "train" else f":{split}"))
+    return [TASKS[task](rng, split, i) for i in range(n)]
 
 
 def to_row(ex: Example, fmt: str, index: int = 0) -> dict[str, Any]:

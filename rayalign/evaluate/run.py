@@ -21,6 +21,7 @@ from rayalign.config import EvalConfig, EvalTaskConfig, JudgeConfig, ModelConfig
 from rayalign.config_io import load_config
 from rayalign.engines.base import GenerationEngine
 from rayalign.engines.build import build_engine
+from rayalign.errors import UserError
 from rayalign.evaluate import generative, loglik
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
@@ -106,12 +107,19 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     return results
 
 
-HEADLINE = ("accuracy", "accuracy_norm", "perplexity", "judge_score", "win_rate")
+HEADLINE = ("accuracy", "best_constant", "sampled_accuracy", "format_rate", "mean_answer_tokens", "accuracy_norm",
+            "perplexity", "judge_score", "win_rate")
 
 
 def _rows(results: dict) -> dict[tuple[str, str], float]:
-    return {(name, key): value for name, metrics in results["tasks"].items()
-            for key, value in metrics.items() if key in HEADLINE or key in ("n", "tokens", "unparsed")}
+    rows = {}
+    for name, metrics in results["tasks"].items():
+        for key, value in metrics.items():
+            if key in HEADLINE or key in ("n", "tokens", "unparsed"):
+                rows[name, key] = value
+            elif key == "accuracy_by_answer":
+                rows.update({(name, f"accuracy[{answer}]"): v for answer, v in value.items()})
+    return rows
 
 
 def _fmt(value: float | None) -> str:
@@ -137,3 +145,18 @@ def compare(a: dict, b: dict) -> str:
         delta = vb - va if va is not None and vb is not None else None
         lines.append(f"{key[0]:<24} {key[1]:<14} {_fmt(va):>10} {_fmt(vb):>10} {_fmt(delta):>10}")
     return "\n".join(lines)
+
+
+SHARES = ("accuracy", "sampled_accuracy", "best_constant", "format_rate", "accuracy_norm", "win_rate")
+
+
+def plot_shares(results: list[dict], path: Path) -> Path:
+    """The metrics that are shares (0-1) of each results file as grouped bars, one group per model."""
+    from rayalign.plots import results_bars
+
+    rows = [{f"{task}: {key}": value for (task, key), value in _rows(r).items() if key in SHARES} for r in results]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    if not keys:
+        raise UserError("--plot: the results hold no accuracy, format rate or win rate to draw")
+    labels = [f"{chr(65 + i)}: {'/'.join(Path(r['model']).parts[-2:])}" for i, r in enumerate(results)]
+    return results_bars(dict(zip(labels, rows)), keys, path, "evaluation results")

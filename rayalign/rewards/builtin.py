@@ -6,6 +6,7 @@ the prompt row's extra fields (the built-in tasks write ``answer``, ``word``/``l
 |---|---|
 | boxed_answer | 1 if the last ``\\boxed{...}`` equals the row's ``answer`` (spaces ignored), else 0 |
 | letter_count | 1 if the boxed integer is the count of ``letter`` in ``word``, else 0 |
+| count_trace | share of ``word``'s letters the running-count trace (``s0 t0 r1 ...``) gets right before its first slip |
 | arithmetic | 1 if the boxed integer equals ``a op b``, else 0 |
 | countdown | 1 if the boxed expression uses exactly ``numbers`` (each once) with + - * and equals ``target`` |
 | format_regex | 1 if ``pattern`` matches the completion (``re.search``; ``full=True``: the whole stripped text) |
@@ -55,6 +56,22 @@ def letter_count(prompt: Any, completion: str, word: str = "", letter: str = "",
     return float(bool(word) and _boxed_int(completion) == word.count(letter))
 
 
+def count_trace(prompt: Any, completion: str, word: str = "", letter: str = "", **_: Any) -> float:
+    """Process reward for letter counting: the trace before ``\\boxed`` must spell ``word`` one letter per
+    step with the running count of ``letter``. An answer-only reward lets RL keep right counts reached
+    through a wrong spelling, and the spelling, the part that carries to unseen words, then decays."""
+    if not word:
+        return 0.0
+    steps = completion.split("\\boxed")[0].split()
+    run, right = 0, 0
+    for step, ch in zip(steps, word):
+        run += ch == letter
+        if step != f"{ch}{run}":
+            break
+        right += 1
+    return right / max(len(word), len(steps))
+
+
 def arithmetic(prompt: Any, completion: str, a: int = 0, b: int = 0, op: str = "", **_: Any) -> float:
     if op not in ("+", "-", "*"):
         return 0.0
@@ -101,5 +118,5 @@ def repetition_penalty(prompt: Any, completion: str, n: int = 3, **_: Any) -> fl
     return -(1 - len(set(grams)) / len(grams))
 
 
-BUILTINS = {fn.__name__: fn for fn in (boxed_answer, letter_count, arithmetic, countdown, format_regex,
+BUILTINS = {fn.__name__: fn for fn in (boxed_answer, letter_count, count_trace, arithmetic, countdown, format_regex,
                                        think_answer_format, length_penalty, repetition_penalty)}

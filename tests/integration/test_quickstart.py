@@ -17,7 +17,7 @@ def test_quickstart_driver(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].endswith(f"outputs in {out.resolve()}")
-    assert "global batch = micro_batch_size 8 x gradient_accumulation_steps 2 x scaling.num_workers 2 = 32" \
+    assert "global batch = micro_batch_size 16 x gradient_accumulation_steps 1 x scaling.num_workers 2 = 32" \
         in done.stdout
     assert "samples per step = prompts_per_step 16 x group_size 8 = 128" in done.stdout
     assert "loss on " in done.stdout and "\\\\boxed{" in done.stdout

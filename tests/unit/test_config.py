@@ -168,3 +168,20 @@ def test_rl_batch_arithmetic():
         "optimizer updates per step = ceil(48 / mini_batch_size 20) x ppo_epochs 2 = 6",
         "rollout engines = 2, ~24 samples each per step",
     ]
+
+
+def test_qwen_recipes_chain_sft_into_dpo_and_grpo_with_the_papers_settings():
+    """configs/recipes/qwen2.5-0.5b: the quickstart at the laptop quickstart's model size (GPU; no download here)."""
+    root = Path(__file__).parents[2] / "configs" / "recipes" / "qwen2.5-0.5b"
+    sft, dpo, grpo = (load_config(root / f"{name}.yaml") for name in ("sft", "dpo", "grpo"))
+    assert sft.model.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and sft.trainer == "sft"
+    final = f"{sft.training.output_dir}/final"
+    assert dpo.model.name_or_path == grpo.model.name_or_path == final
+    assert all(c.model.dtype == "bfloat16" and c.scaling.use_gpu for c in (sft, dpo, grpo))
+    assert sft.model.lora.r == dpo.model.lora.r == 8 and grpo.model.lora is None
+    assert (dpo.trainer, dpo.preference.loss_type, dpo.preference.beta) == ("dpo", "sigmoid", 0.1)
+    assert (grpo.algorithm.kl_coef, grpo.algorithm.loss_agg) == (0.04, "seq-mean-token-mean")  # GRPO's paper
+    assert grpo.reference.colocate and grpo.rollout.num_gpus == 1
+    for cfg, name in ((sft, "sft"), (dpo, "dpo"), (grpo, "grpo")):  # the data each reads is made by its comments
+        header = (root / f"{name}.yaml").read_text().split("\ntrainer:")[0]
+        assert f"--out {cfg.data.train.datasets[0].path}" in header, name

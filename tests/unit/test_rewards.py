@@ -27,6 +27,18 @@ def test_boxed_parsing():
     assert R.countdown("", "\\boxed{3*3}", numbers=[3], target=9) == 0.0  # 3 used twice
 
 
+def test_count_trace_credits_the_steps_before_the_first_slip():
+    word = "berry"
+    assert R.count_trace("", "b0 e0 r1 r2 y2 \\boxed{2}", word=word, letter="r") == 1.0
+    assert R.count_trace("", "b0 e0 r1 r1 y1 \\boxed{1}", word=word, letter="r") == 0.6  # 4th step miscounted
+    assert R.count_trace("", "b0 a0 r1 r2 y2 \\boxed{2}", word=word, letter="r") == 0.2  # misspelled 2nd letter
+    assert R.count_trace("", "b0 e0 r1 r2 y2 y2 y2 \\boxed{2}", word=word, letter="r") == 5 / 7  # too long
+    assert R.count_trace("", "\\boxed{2}", word=word, letter="r") == 0.0
+    for ex in generate("letter_count", 30, 3):  # the task's own solutions score 1, its near misses less
+        assert R.count_trace("", ex.solution, **ex.metadata) == 1.0
+        assert R.count_trace("", ex.wrong, **ex.metadata) < 1.0
+
+
 def test_format_and_penalties():
     assert R.think_answer_format("", "<think>hm</think>\n<answer>2</answer>") == 1.0
     assert R.think_answer_format("", "<answer>2</answer>") == 0.0

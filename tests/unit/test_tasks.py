@@ -30,6 +30,31 @@ def test_letter_count_answers():
         assert ex.wrong != ex.solution
 
 
+def test_letter_count_trace_counts_step_by_step():
+    from rayalign.data.tasks import count_trace
+
+    assert count_trace("strawberry", "r") == "s0 t0 r1 a1 w1 b1 e1 r2 r3 y3 \\boxed{3}"
+    assert count_trace("strawberry", "r", slip=0) == "s1 t1 r2 a2 w2 b2 e2 r3 r4 y4 \\boxed{4}"
+    assert count_trace("berry", "r", slip=2) == "b0 e0 r0 r1 y1 \\boxed{1}"
+
+
+def test_letter_count_splits_hold_words_out_and_spread_counts():
+    from collections import Counter
+
+    from rayalign.data.tasks import HELD_OUT_WORDS, TRAIN_WORDS, WORDS
+
+    assert len(HELD_OUT_WORDS) == len(WORDS) // 5 and not set(HELD_OUT_WORDS) & set(TRAIN_WORDS)
+    train = generate("letter_count", 2000, 1)
+    words = [ex.metadata["word"] for ex in train]
+    assert not set(words) & set(HELD_OUT_WORDS)
+    assert 0.45 < sum(w not in TRAIN_WORDS for w in words) / len(words) < 0.55  # random letter strings
+    assert all(400 < k < 600 for k in Counter(ex.answer for ex in train).values())
+    test = generate("letter_count", 200, 99, "test")
+    assert all(ex.metadata["word"] in HELD_OUT_WORDS for ex in test)
+    assert Counter(ex.answer for ex in test) == {"0": 50, "1": 50, "2": 50, "3": 50}  # no constant beats 25%
+    assert generate("letter_count", 5, 99, "test") == test[:5] and generate("letter_count", 5, 99) != test[:5]
+
+
 def test_arithmetic_answers():
     for ex in generate("arithmetic", 300):
         a, op, b = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", ex.prompt).groups()
