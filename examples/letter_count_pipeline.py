@@ -7,9 +7,10 @@
    fifth of the word list held out for testing) and half on random letter strings, so the model must
    read the word rather than recall it;
 2. SFT (Ray Train, 2 FSDP2 workers: configs/recipes/tiny/sft.yaml), kept short so RL has room to improve;
-3. DPO from the SFT model (configs/recipes/tiny/dpo.yaml) on the SFT model's own answers: 4 sampled per
+3. GRPO from the SFT model (configs/recipes/tiny/grpo.yaml: vLLM rollout, FSDP2 learner, reward worker;
+   reward: the right count plus the share of the running-count trace that is right);
+4. DPO from the same SFT model (configs/recipes/tiny/dpo.yaml) on the SFT model's own answers: 4 sampled per
    prompt by vLLM workers (``rayalign infer``), best vs. worst by the task reward (``rayalign data pairs``);
-4. GRPO from the same SFT model (configs/recipes/tiny/grpo.yaml: vLLM rollout, FSDP2 learner, reward worker);
 5. each model on 200 held-out prompts (words no stage trained on): greedy and sampled accuracy beside the
    best constant answer's score, accuracy per count, \\boxed{} format rate, answer length
    (``rayalign evaluate``);
@@ -89,8 +90,10 @@ def table(results: dict[str, dict], seconds: dict[str, float]) -> str:
     for stage, r in results.items():
         by_count = " / ".join(f"{v:.0%}" for v in r["accuracy_by_answer"].values())
         lines.append(f"| {stage} | {r['accuracy']:.1%} | {r['sampled_accuracy']:.1%} | {by_count} | "
-                     f"{r['format_rate']:.0%} | {r['mean_answer_tokens']:.1f} | {seconds.get(stage, 0):.0f} s |")
-    return "\n".join(lines)
+                     f"{r['format_rate']:.0%} | {r['mean_answer_tokens']:.1f} | "
+                     + (f"{seconds[stage]:.0f} s |" if stage in seconds else "- |"))
+    return "\n".join(lines + ["", f"whole run: {seconds['total'] / 60:.1f} min (stage times include their Ray "
+                                   "start-up; DPO's includes sampling the pairs)"])
 
 
 def pictures(out: Path, results: dict[str, dict]) -> list[Path]:
@@ -126,57 +129,58 @@ def prepare(args: argparse.Namespace) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse(argv)
-    out = prepare(args)
+def make_files(out: Path, sft_steps: int, dpo_prompts: int) -> dict[str, Path]:
+    return {"sft": write_task_file(out, "letter_count_sft", "sft", sft_steps * 32, 1),  # fresh rows every step
+            "sft_eval": write_task_file(out, "letter_count_sft_eval", "sft", 200, 2),
+            "grpo": write_task_file(out, "letter_count_prompt", "prompt", 4000, 3),
+            "dpo": write_task_file(out, "letter_count_dpo_prompts", "prompt", dpo_prompts, 4)}
+
+
+def stages(args: argparse.Namespace, out: Path) -> tuple[dict[str, Path], dict[str, dict], dict[str, float], dict]:
+    """Every model (base, SFT, GRPO, DPO) trained and measured on the held-out prompts after its stage.
+    GRPO runs before DPO only so that it starts on a Ray with nothing left over from other stages."""
     from rayalign.models.tiny import create_tiny
 
-    print("[1/7] tiny model + data")
+    print("[1/6] tiny model + data")
+    models = {"base": create_tiny(out / "tiny-model", vocab=300)}
+    sft_steps = args.sft_steps or load_config(RECIPES / "sft.yaml").training.max_steps
+    files = make_files(out, sft_steps, args.dpo_prompts)
+    results = {"base": held_out_accuracy(models["base"], out / "eval" / "base", args.held_out)}
     seconds: dict[str, float] = {}
-    model = create_tiny(out / "tiny-model", vocab=300)
-    sft_cfg = load_config(RECIPES / "sft.yaml")
-    sft_steps = args.sft_steps or sft_cfg.training.max_steps
-    files = {"sft": write_task_file(out, "letter_count_sft", "sft", sft_steps * 32, 1),
-             "sft_eval": write_task_file(out, "letter_count_sft_eval", "sft", 200, 2),
-             "grpo": write_task_file(out, "letter_count_prompt", "prompt", 4000, 3),
-             "dpo": write_task_file(out, "letter_count_dpo_prompts", "prompt", args.dpo_prompts, 4)}
-    own_ray = not ray.is_initialized()  # a test session may share its Ray
-    if own_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results: dict[str, dict] = {"base": held_out_accuracy(model, out / "eval" / "base", args.held_out)}
 
-    print("[2/7] SFT")
+    print("[2/6] SFT")
     start = time.time()
-    sft = train("sft.yaml", ["--model.name_or_path", str(model), "--data.train.datasets[0].path", str(files["sft"]),
-                             "--data.eval.datasets[0].path", str(files["sft_eval"]), "--training.output_dir",
-                             str(out / "sft"), "--training.max_steps", str(sft_steps)])
+    models["sft"] = train("sft.yaml", [
+        "--model.name_or_path", str(models["base"]), "--data.train.datasets[0].path", str(files["sft"]),
+        "--data.eval.datasets[0].path", str(files["sft_eval"]), "--training.output_dir", str(out / "sft"),
+        "--training.max_steps", str(sft_steps)])
     seconds["sft"] = time.time() - start
-    results["sft"] = held_out_accuracy(sft, out / "eval" / "sft", args.held_out)
+    results["sft"] = held_out_accuracy(models["sft"], out / "eval" / "sft", args.held_out)
 
-    print("[3/7] DPO on the SFT model's own answers")
+    print("[3/6] GRPO")
     start = time.time()
-    pairs, counts = on_policy_pairs(sft, files["dpo"], out)
+    models["grpo"] = train("grpo.yaml", [
+        "--model.name_or_path", str(models["sft"]), "--data.train.datasets[0].path", str(files["grpo"]),
+        "--training.output_dir", str(out / "grpo")] + (["--training.max_steps", str(args.grpo_steps)]
+                                                       if args.grpo_steps else []))
+    seconds["grpo"] = time.time() - start
+    results["grpo"] = held_out_accuracy(models["grpo"], out / "eval" / "grpo", args.held_out)
+
+    print("[4/6] DPO on the SFT model's own answers")
+    start = time.time()
+    pairs, counts = on_policy_pairs(models["sft"], files["dpo"], out)
     print(f"  {counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had 4 answers "
           "that all scored the same)")
-    dpo = train("dpo.yaml", ["--model.name_or_path", str(sft), "--data.train.datasets[0].path", str(pairs),
-                             "--training.output_dir", str(out / "dpo")])
+    models["dpo"] = train("dpo.yaml", ["--model.name_or_path", str(models["sft"]), "--data.train.datasets[0].path",
+                                       str(pairs), "--training.output_dir", str(out / "dpo")])
     seconds["dpo"] = time.time() - start
-    results["dpo"] = held_out_accuracy(dpo, out / "eval" / "dpo", args.held_out)
+    results["dpo"] = held_out_accuracy(models["dpo"], out / "eval" / "dpo", args.held_out)
+    return models, {s: results[s] for s in STAGES}, seconds, counts
 
-    print("[4/7] GRPO")
-    start = time.time()
-    grpo_overrides = ["--model.name_or_path", str(sft), "--data.train.datasets[0].path", str(files["grpo"]),
-                      "--training.output_dir", str(out / "grpo")]
-    grpo = train("grpo.yaml", grpo_overrides + (["--training.max_steps", str(args.grpo_steps)]
-                                                if args.grpo_steps else []))
-    seconds["grpo"] = time.time() - start
-    print("[5/7] held-out accuracy")
-    results["grpo"] = held_out_accuracy(grpo, out / "eval" / "grpo", args.held_out)
-    if own_ray:
-        ray.shutdown()
 
-    print("[6/7] side by side")
-    contenders = compare.open_models([("sft", str(sft)), ("dpo", str(dpo)), ("grpo", str(grpo))], "hf", 256)
+def side_by_side(models: dict[str, Path], out: Path) -> None:
+    print("[5/6] side by side: rayalign compare")
+    contenders = compare.open_models([(s, str(models[s])) for s in STAGES[1:]], "hf", 256)
     try:
         compare.fixed(contenders, compare.load_prompts(None, "letter_count", 8, HELD_OUT["seed"]),
                       SamplingSpec(temperature=0, max_new_tokens=64), compare.reward_for(["letter_count"]),
@@ -184,14 +188,31 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         compare.close(contenders)
 
-    print("[7/7] report")
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    out = prepare(args)
+    began = time.time()
+    own_ray = not ray.is_initialized()  # a test session may share its Ray
+    if own_ray:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        models, results, seconds, counts = stages(args, out)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    side_by_side(models, out)
+
+    print("[6/6] report")
+    seconds["total"] = time.time() - began
     report_table = table(results, seconds)
     (out / "results.md").write_text(report_table + "\n")
     images = pictures(out, results)
     report = {"held_out": results, "seconds": seconds, "dpo_pairs": counts, "images": [str(p) for p in images]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(report_table)
-    print(f"report: {out / 'report.json'}; pictures: {', '.join(p.name for p in images)}")
+    print(f"whole run {seconds['total'] / 60:.1f} min; report: {out / 'report.json'}; pictures: "
+          f"{', '.join(p.name for p in images)}")
     return report
 
 

@@ -16,7 +16,7 @@ def test_pipeline_stages_table_pictures_and_compare(ray_local, tmp_path, capsys)
     from letter_count_pipeline import main
 
     out = tmp_path / "qs"
-    report = main(["--out", str(out), "--sft-steps", "30", "--dpo-prompts", "24", "--grpo-steps", "3",
+    report = main(["--out", str(out), "--sft-steps", "150", "--dpo-prompts", "48", "--grpo-steps", "3",
                    "--held-out", "16"])
     printed = capsys.readouterr().out
     held_out = report["held_out"]
@@ -26,7 +26,7 @@ def test_pipeline_stages_table_pictures_and_compare(ray_local, tmp_path, capsys)
         assert set(r["accuracy_by_answer"]) <= {"0", "1", "2", "3"}
         assert r["best_constant"] == held_out["sft"]["best_constant"] <= 0.5  # counts are spread evenly
     assert held_out["base"]["format_rate"] < held_out["sft"]["format_rate"]  # SFT teaches \boxed{}
-    assert report["dpo_pairs"]["prompts"] == 24 and report["dpo_pairs"]["pairs"] > 0
+    assert report["dpo_pairs"]["prompts"] == 48 and report["dpo_pairs"]["pairs"] > 0
     pairs = [json.loads(line) for line in (out / "data" / "letter_count_pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == report["dpo_pairs"]["pairs"]
     assert all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
