@@ -120,12 +120,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+WRITES = ("tiny-model", "data", "sft", "grpo", "dpo", "eval", "compare.jsonl", "results.md", "report.json",
+          "grpo_reward.png", "dpo_curves.png", "results.png")  # what a run puts in --out; --overwrite removes only these
+
+
 def prepare(args: argparse.Namespace) -> Path:
     out = Path(args.out).resolve()
-    if any((out / s).exists() for s in ("sft", "dpo", "grpo")):
-        if not args.overwrite:
-            sys.exit(f"error: {out} holds an earlier run; pass --overwrite to replace it, or --out elsewhere")
-        shutil.rmtree(out)
+    earlier = [out / name for name in WRITES if (out / name).exists()]
+    if earlier and not args.overwrite:
+        sys.exit(f"error: {out} holds an earlier run; pass --overwrite to replace it, or --out elsewhere")
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return out
 
 
@@ -133,7 +138,8 @@ def make_files(out: Path, sft_steps: int, dpo_prompts: int) -> dict[str, Path]:
     return {"sft": write_task_file(out, "letter_count_sft", "sft", sft_steps * 32, 1),  # fresh rows every step
             "sft_eval": write_task_file(out, "letter_count_sft_eval", "sft", 200, 2),
             "grpo": write_task_file(out, "letter_count_prompt", "prompt", 4000, 3),
-            "dpo": write_task_file(out, "letter_count_dpo_prompts", "prompt", dpo_prompts, 4)}
+            "dpo": write_task_file(out, "letter_count_dpo_prompts", "prompt", dpo_prompts, 4),
+            "text": write_task_file(out, "letter_count_text", "text", 200, 0)}  # configs/eval/tiny.yaml's perplexity
 
 
 def stages(args: argparse.Namespace, out: Path) -> tuple[dict[str, Path], dict[str, dict], dict[str, float], dict]:

@@ -131,19 +131,19 @@ def _fmt(value: float | None) -> str:
 
 
 def table(results: dict) -> str:
-    lines = [f"model: {results['model']}", f"{'task':<24} {'metric':<14} {'value':>10}"]
-    lines += [f"{task:<24} {metric:<14} {_fmt(value):>10}" for (task, metric), value in _rows(results).items()]
+    lines = [f"model: {results['model']}", f"{'task':<24} {'metric':<20} {'value':>10}"]
+    lines += [f"{task:<24} {metric:<20} {_fmt(value):>10}" for (task, metric), value in _rows(results).items()]
     return "\n".join(lines)
 
 
 def compare(a: dict, b: dict) -> str:
     ra, rb = _rows(a), _rows(b)
     lines = [f"A: {a['model']}", f"B: {b['model']}",
-             f"{'task':<24} {'metric':<14} {'A':>10} {'B':>10} {'B - A':>10}"]
+             f"{'task':<24} {'metric':<20} {'A':>10} {'B':>10} {'B - A':>10}"]
     for key in list(ra) + [k for k in rb if k not in ra]:
         va, vb = ra.get(key), rb.get(key)
         delta = vb - va if va is not None and vb is not None else None
-        lines.append(f"{key[0]:<24} {key[1]:<14} {_fmt(va):>10} {_fmt(vb):>10} {_fmt(delta):>10}")
+        lines.append(f"{key[0]:<24} {key[1]:<20} {_fmt(va):>10} {_fmt(vb):>10} {_fmt(delta):>10}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).parents[2]
@@ -42,3 +43,6 @@ def test_pipeline_stages_table_pictures_and_compare(ray_local, tmp_path, capsys)
     assert len(records) == 8 and all(list(r["answers"]) == ["sft", "dpo", "grpo"] for r in records)
     assert all(a["reward"] in (0.0, 1.0) for r in records for a in r["answers"].values())
     assert "mean reward over 8 prompts: sft " in printed
+    with pytest.raises(SystemExit, match="holds an earlier run; pass --overwrite"):
+        main(["--out", str(out)])  # a finished run is not replaced without asking
+    assert (out / "report.json").is_file()

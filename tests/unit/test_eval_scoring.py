@@ -67,8 +67,8 @@ def test_table_and_compare():
     a = {"model": "m1", "tasks": {"mc": {"kind": "multiple_choice", "accuracy": 0.25, "n": 40, "seconds": 1.0}}}
     b = json.loads(json.dumps(a))
     b["model"], b["tasks"]["mc"]["accuracy"] = "m2", 0.5
-    assert table(a).splitlines()[2:] == ["mc                       accuracy           0.2500",
-                                         "mc                       n                      40"]
+    assert table(a).splitlines()[2:] == ["mc                       accuracy                 0.2500",
+                                         "mc                       n                            40"]
     rows = compare(a, b).splitlines()
     assert rows[:2] == ["A: m1", "B: m2"]
     assert rows[3].split() == ["mc", "accuracy", "0.2500", "0.5000", "0.2500"]
