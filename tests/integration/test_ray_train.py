@@ -61,7 +61,9 @@ def test_gradient_accumulation_is_invariant(ray_local, tiny_model_dir, task_file
     a, ma, b, mb = finals
     assert [r["loss"] for r in ma] == pytest.approx([r["loss"] for r in mb], abs=1e-5)
     wa, wb = weights(a), weights(b)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # Adam divides by sqrt(v): float noise of summation order in tiny gradients shows up to ~2e-5 after 2 steps
+    # at lr 1e-3; a wrong scaling of the accumulated gradient would be off by the whole update (~1e-3)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
 def test_resume_is_bit_for_bit(ray_local, tiny_model_dir, task_files, tmp_path):

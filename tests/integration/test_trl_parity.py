@@ -80,7 +80,9 @@ def pref(tiny_tokenizer, pref_rows, reference):
 
 @pytest.fixture(scope="module")
 def kto_rows():
-    return [to_row(ex, "kto", i) for i, ex in enumerate(generate("letter_count", N, 12))]
+    # rows whose KL estimate (the policy's log-ratio on mismatched completions) is positive for this noise draw,
+    # so the reference point z is exercised; for most draws it is negative and clamped to 0
+    return [to_row(ex, "kto", i) for i, ex in enumerate(generate("letter_count", N, 13))]
 
 
 @pytest.fixture(scope="module")
