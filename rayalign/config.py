@@ -21,7 +21,7 @@ Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
 class Section(BaseModel):
     """Base of every config section: frozen, no extra keys, defaults validated too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     def default_note(self, field: str) -> str:
         """How ``config explain`` marks a field the user left unset."""
