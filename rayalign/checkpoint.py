@@ -16,13 +16,20 @@ so the step count is the whole data/RNG position. Pure torch + files: Ray wraps 
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from rayalign.errors import UserError
+
 MODEL, OPTIMIZER, SCHEDULER, STATE = "model", "optimizer.pt", "scheduler.pt", "trainer_state.json"
 RUN_NAME = "checkpoints"  # OUTPUT_DIR/checkpoints/checkpoint-NNNNNN
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be trusted or read."""
 
 
 @dataclass
@@ -55,10 +62,20 @@ def read_state(path: str | Path) -> TrainerState:
 
 
 def load_training_state(path: str | Path) -> tuple[dict, dict, TrainerState]:
-    """(full optimizer state, scheduler state, trainer state) of a checkpoint directory."""
+    """(full optimizer state, scheduler state, trainer state) of a checkpoint directory. The two .pt files
+    are read with ``weights_only=True``: tensors and plain containers only, so a tampered file cannot run
+    code (a pickled ``__reduce__`` payload is refused)."""
     path = Path(path)
-    return (torch.load(path / OPTIMIZER, weights_only=False), torch.load(path / SCHEDULER, weights_only=False),
-            read_state(path))
+    return _load_tensors(path / OPTIMIZER), _load_tensors(path / SCHEDULER), read_state(path)
+
+
+def _load_tensors(file: Path) -> dict:
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file}: refused to load: it holds more than tensors and plain data, which could "
+                              f"run code ({reason})") from None
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:

@@ -21,7 +21,7 @@ Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
 class Section(BaseModel):
     """Base of every config section: frozen, no extra keys, defaults validated too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     def default_note(self, field: str) -> str:
         """How ``config explain`` marks a field the user left unset."""
@@ -260,6 +260,10 @@ class RewardConfig(Section):
     num_workers: int = Field(1, gt=0, description="reward actors")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
     timeout_s: float = Field(10.0, gt=0, description="per-call timeout; late calls count as failed")
+    max_failure_share: float = Field(
+        0.5, ge=0, le=1, description="stop the run when more than this share of a step's samples have a failed "
+        "reward term (raised, timed out, NaN/inf) for failure_patience steps in a row")
+    failure_patience: int = Field(3, gt=0, description="consecutive steps over max_failure_share that stop the run")
     judge: str | None = Field(None, description="judge YAML: an LLM judge's verdict as a reward term")
     judge_weight: float = Field(1.0, description="weight of the judge term (verdict scaled to 0..1)")
 

@@ -193,7 +193,26 @@ def _read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
         return {}, root
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of sections")
+    _refuse_duplicate_keys(path, root)
     return data, root
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, where: str = "") -> None:
+    """A key given twice in one mapping is an error: YAML would silently keep only the last one."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(path, item, f"{where}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[str, int] = {}
+    for key, value in node.value:
+        name = str(key.value)
+        dotted = f"{where}.{name}" if where else name
+        if name in first:
+            raise ConfigError(f"{path}:{key.start_mark.line + 1}: {dotted}: given twice (first on line "
+                              f"{first[name]}); YAML would keep only this one")
+        first[name] = key.start_mark.line + 1
+        _refuse_duplicate_keys(path, value, dotted)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from tqdm import tqdm
 
 from rayalign.data.sources import iter_dicts
-from rayalign.errors import DataError
+from rayalign.errors import DataError, RunError
 from rayalign.judge.judge import Judge, JudgeItem, Verdict
 
 
@@ -72,3 +73,7 @@ def score_file(judge: Judge, source: Path, target: Path, echo: Callable[[str], N
     mean = f"{statistics.fmean(scores):.3f}" if scores else "n/a"
     echo(f"{len(scores)}/{len(verdicts)} rows judged (mean {mean}, {sum(v.cached for v in verdicts)} from the "
          f"cache, {sum(v.attempts > 1 for v in verdicts)} needed a retry); wrote {target}")
+    if verdicts and not scores:  # a run that produced nothing must not look like a success
+        errors = Counter(v.error for v in verdicts if v.error)
+        reason = f"; most common error: {errors.most_common(1)[0][0]}" if errors else ""
+        raise RunError(f"no row was judged ({len(verdicts)} tried){reason}")

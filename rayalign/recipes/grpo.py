@@ -50,6 +50,7 @@ from rayalign.recipes.common import check_resume, local_paths
 from rayalign.rewards.builtin import boxed_answer
 from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
+from rayalign.training.guards import RewardFailures
 from rayalign.workers.reward import Sample
 from rayalign.workers.roles import RLRoles
 
@@ -75,8 +76,10 @@ def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) 
     return out
 
 
-def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_id: int) -> dict[str, float]:
-    """One RL step over ``rows`` (this step's prompts); returns its metrics."""
+def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_id: int,
+            failures: RewardFailures) -> dict[str, float]:
+    """One RL step over ``rows`` (this step's prompts); returns its metrics. Reward failures are printed
+    and counted, and stop the run when most samples keep failing (``failures``)."""
     a, r = cfg.algorithm, cfg.rollout
     timer = PhaseTimer()
     spec = SamplingSpec(n=a.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
@@ -86,8 +89,11 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
     samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
     with timer("reward"):
         scored = roles.score(samples)
+    failed, lines = failures.observe(step + 1, scored)
+    for line in lines:
+        tqdm.write(line)
     rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32).view(len(rows), a.group_size)
-    metrics = _reward_stats(rewards, scored, samples, groups)
+    metrics = {**_reward_stats(rewards, scored, samples, groups), **failed}
     if a.overlong_buffer:
         lengths = torch.tensor([[len(c.token_ids) for c in g] for g in groups])
         rewards = rewards + overlong_penalty(lengths, r.max_new_tokens, a.overlong_buffer)
@@ -164,11 +170,12 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     stop_at = min(max_steps, state.step + (t.stop_after_steps or max_steps))
     log = MetricsLog(out, state.step)
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", unit="step")
+    failures = RewardFailures(cfg.reward.max_failure_share, cfg.reward.failure_patience)
     saved = state.step
     try:
         while state.step < stop_at:
             rows = [prompts[i] for i in order.step_indices(state.step)]
-            metrics = rl_step(roles, cfg, rows, state.step, pad_id)
+            metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
             state.step += 1
             state.samples_seen += a.prompts_per_step
             state.epoch = state.samples_seen / len(prompts)

@@ -24,10 +24,10 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, read_state
+from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, read_state
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
-from rayalign.errors import UserError
+from rayalign.errors import RunError, UserError
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
 from rayalign.recipes.common import check_resume, local_paths
@@ -56,8 +56,9 @@ def _check_resources(cfg: RecipeConfig) -> None:
                         f"has {have.get('GPU', 0):g}")
 
 
-def _fit(trainer: TorchTrainer):
-    """``trainer.fit()``; a user error raised inside a worker comes back as that one-line error."""
+def _fit(trainer: TorchTrainer, out: Path):
+    """``trainer.fit()``; a user error or a run guard's stop raised inside a worker comes back as that one
+    line (a stop names the last checkpoint to resume from)."""
     from ray.train import WorkerGroupError
 
     try:
@@ -67,6 +68,11 @@ def _fit(trainer: TorchTrainer):
             cause = getattr(failure, "cause", None) or failure
             if isinstance(cause, UserError):
                 raise UserError(f"Ray Train worker rank {rank}: {cause}") from exc
+            if isinstance(cause, RunError):
+                saved = checkpoints(out)
+                where = (f"; the last good checkpoint is {saved[-1].name} (--resume continues from it)" if saved
+                         else "; no checkpoint was written before it")
+                raise RunError(f"Ray Train worker rank {rank}: {cause}{where}") from exc
         raise
 
 
@@ -102,7 +108,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit)),
     )
-    result = _fit(trainer)
+    result = _fit(trainer, out)
     last = Path(result.checkpoint.path) if result.checkpoint else None
     state = read_state(last) if last else TrainerState()
     if state.step < max_steps:

@@ -29,7 +29,7 @@ from rayalign.checkpoint import MODEL, TrainerState, load_training_state, save_m
 from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
 from rayalign.models.loading import load_model, load_tokenizer, load_trainable
-from rayalign.training import sharding
+from rayalign.training import guards, sharding
 from rayalign.training.batching import DataOrder, evaluate, step_micro_batches
 from rayalign.training.objectives import Objective, make_objective
 
@@ -120,7 +120,8 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     while state.step < stop_at:
         torch.manual_seed(t.seed * 1_000_003 + state.step * 1009 + rank)
         batches = step_micro_batches(spec, order, state.step, rank, world, tokenizer.pad_token_id)
-        metrics = _optimizer_step(model, objective, batches, optimizer, scheduler, t.max_grad_norm, device)
+        metrics = _optimizer_step(model, objective, batches, optimizer, scheduler, t.max_grad_norm, device,
+                                  state.step + 1)
         state.step += 1
         state.samples_seen += order.global_batch
         state.epoch = state.samples_seen / order.n
@@ -142,8 +143,10 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     return state
 
 
-def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, max_grad_norm, device) -> dict:
-    """One optimizer step over this worker's micro batches; metrics averaged over all workers."""
+def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, max_grad_norm, device,
+                    step: int) -> dict:
+    """Optimizer step ``step`` over this worker's micro batches; metrics averaged over all workers. A
+    non-finite loss or gradient norm stops the run before the update (``guards``)."""
     start = time.perf_counter()
     units = sum(objective.units(b) for b in batches)
     total_units = sharding.all_reduce_sum([units], device)[0]
@@ -160,11 +163,12 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
             sums[key] = sums.get(key, 0.0) + value / len(batches)
     lr = scheduler.get_last_lr()[0]
     grad_norm = sharding.clip_grad_norm(model, max_grad_norm)
+    keys = sorted(sums)
+    reduced = sharding.all_reduce_sum([loss_sum, tokens] + [sums[k] for k in keys], device)
+    guards.check_step(step, loss=reduced[0] / total_units, grad_norm=grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    keys = sorted(sums)
-    reduced = sharding.all_reduce_sum([loss_sum, tokens] + [sums[k] for k in keys], device)
     elapsed = time.perf_counter() - start
     out = {"loss": reduced[0] / total_units, "lr": lr, "grad_norm": grad_norm,
            "tokens_per_s": reduced[1] / elapsed, "step_time_s": elapsed}
@@ -180,6 +184,7 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
     optim_state = sharding.full_optimizer_state(model, optimizer)
     if rank != 0:
         return None
+    guards.check_weights(state.step, model_state)
     tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
     merge_from = (lambda: load_model(model_cfg, apply_lora=False)) if (
         model_cfg.lora and model_cfg.lora.save_merged) else None

@@ -29,7 +29,7 @@ from rayalign.algorithms import policy as P
 from rayalign.batch import RolloutBatch
 from rayalign.config import AlgorithmConfig
 from rayalign.models.logprobs import next_token_logps
-from rayalign.training import sharding
+from rayalign.training import guards, sharding
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
@@ -126,7 +126,7 @@ class PolicyLearner:
         updates = 0
         for _ in range(a.ppo_epochs):
             for micro_batches in mini:
-                self._update(batch, micro_batches, old, stats if on_policy else None, sums)
+                self._update(batch, micro_batches, old, stats if on_policy else None, sums, step + 1)
                 updates += 1
         keys = sorted(sums)
         reduced = sharding.all_reduce_sum([stats["mismatch_kl"], stats["entropy"], stats["tokens"]]
@@ -138,8 +138,9 @@ class PolicyLearner:
         out["grad_norm"] = out["grad_norm"] / world  # every rank reports the same global norm
         return out
 
-    def _update(self, batch: RolloutBatch, micro_batches, old, stats: dict | None, sums: dict) -> None:
-        """One optimizer step over one mini-batch (this rank's micro batches)."""
+    def _update(self, batch: RolloutBatch, micro_batches, old, stats: dict | None, sums: dict, step: int) -> None:
+        """One optimizer step over one mini-batch (this rank's micro batches); a non-finite gradient norm
+        stops the run before it (``guards``)."""
         world = sharding.world()[1]
         local = sum(self._units(batch.completion_mask[rows]) for rows, real in micro_batches if real)
         total = sharding.all_reduce_sum([local], self.device)[0]
@@ -158,7 +159,9 @@ class PolicyLearner:
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * weight
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + sharding.clip_grad_norm(self.model, self.max_grad_norm)
+        grad_norm = sharding.clip_grad_norm(self.model, self.max_grad_norm)
+        guards.check_step(step, grad_norm=grad_norm)  # a NaN loss or reward makes the (global) norm NaN too
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

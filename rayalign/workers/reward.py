@@ -1,15 +1,17 @@
 """Reward workers: a pool of Ray actors scoring completions with the configured reward functions, and
 the LLM judge's term (``reward.judge``), asked from here in one concurrent batch per step.
 
-Every call of a reward function runs under ``reward.timeout_s``: a function that raises, hangs or kills
-its process is reported with its name and the sample, its samples count as failed (reward 0 for that
-term, ``failed`` set), and the run goes on. A hung call leaves its thread behind, so the actor that ran
+Every call of a reward function runs under ``reward.timeout_s``: a function that raises, hangs, kills
+its process or returns NaN/inf is reported with its name and the sample, its samples count as failed
+(reward 0 for that term, ``failed`` set), and the run goes on; ``training.guards.RewardFailures`` decides
+when failures are too many to go on. A hung call leaves its thread behind, so the actor that ran
 it is replaced; a dead actor is replaced too.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ class Scored:
     reward: float
     parts: dict[str, float]
     failures: list[str] = field(default_factory=list)  # "fn 'name' timed out after 10s" ...
+    failed_terms: list[str] = field(default_factory=list)  # the term of each failure: a function name,
+    #                                                         "judge" or "reward worker"
 
     @property
     def failed(self) -> bool:
@@ -62,7 +66,8 @@ class RewardWorker:
     def _call(self, fn, kwargs: dict, sample: Sample) -> tuple[float, str | None]:
         future = self.threads.submit(fn, sample.prompt, sample.completion, **{**sample.metadata, **kwargs})
         try:
-            return float(future.result(timeout=self.timeout)), None
+            value = float(future.result(timeout=self.timeout))
+            return (value, None) if math.isfinite(value) else (0.0, f"returned {value}")
         except cf.TimeoutError:
             self.hung = True  # the thread cannot be stopped: new calls get a fresh one, the owner restarts us
             self.threads = cf.ThreadPoolExecutor(max_workers=1)
@@ -74,13 +79,14 @@ class RewardWorker:
         """(scores, whether a call hung and this actor should be replaced)."""
         out = []
         for sample in samples:
-            parts, failures = {}, []
+            parts, failures, terms = {}, [], []
             for name, _, fn, kwargs in self.reward.terms:
                 parts[name], problem = self._call(fn, kwargs, sample)
                 if problem:
                     failures.append(f"reward fn '{name}' {problem} on {_describe(sample)}")
+                    terms.append(name)
             total = sum(w * parts[name] for name, w, _, _ in self.reward.terms)
-            out.append(Scored(total, parts, failures))
+            out.append(Scored(total, parts, failures, terms))
         return out, self.hung
 
 
@@ -115,6 +121,7 @@ class RewardPool:
             out.reward += self.cfg.judge_weight * out.parts["judge"]
             if verdict.score is None:
                 out.failures.append(f"reward judge: {verdict.error} on {_describe(sample)}")
+                out.failed_terms.append("judge")
 
     def _functions(self, samples: list[Sample]) -> list[Scored]:
         chunks = [samples[i::len(self.actors)] for i in range(len(self.actors))]
@@ -130,8 +137,8 @@ class RewardPool:
                     raise TimeoutError(f"no answer within {limit:g}s")
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError) as exc:
                 reason = str(exc).splitlines()[0][:200]
-                scored, hung = [Scored(0.0, {}, [f"reward worker {i} failed ({reason}) on {_describe(s)}"])
-                                for s in chunk], True
+                scored, hung = [Scored(0.0, {}, [f"reward worker {i} failed ({reason}) on {_describe(s)}"],
+                                       ["reward worker"]) for s in chunk], True
             if hung:
                 ray.kill(self.actors[i])
                 self.actors[i] = self._spawn()

@@ -25,6 +25,7 @@ from rayalign.engines.base import Completion, SamplingSpec
 from rayalign.errors import RunError, UserError
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
+from rayalign.training.guards import NonFiniteError
 from rayalign.weight_sync import sync_weights
 from rayalign.workers.group import spawn
 from rayalign.workers.learner import LearnerWorker
@@ -136,7 +137,10 @@ class RLRoles:
     def train(self, batch: RolloutBatch, step: int) -> dict[str, float]:
         ref = ray.put(batch)
         self.learned_unsynced = True  # the learners are a step ahead of the step count until the sync
-        return ray.get([learner.train_step.remote(ref, step) for learner in self.learners])[0]
+        try:
+            return ray.get([learner.train_step.remote(ref, step) for learner in self.learners])[0]
+        except NonFiniteError as exc:  # a run guard's stop, wrapped by Ray: keep its one line
+            raise NonFiniteError(f"learner: {getattr(exc, 'cause', exc)}") from None
 
     def sync(self) -> tuple[float, float]:
         fingerprint = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts))))

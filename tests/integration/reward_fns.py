@@ -26,3 +26,12 @@ def vowel_share(prompt, completion, **_):
     """A dense reward that differs between random completions (so advantages and gradients are not 0)."""
     letters = [c for c in completion.lower() if c.isalpha()]
     return sum(c in "aeiou" for c in letters) / max(1, len(letters))
+
+
+def two_args(prompt, completion):
+    """The most likely plugin mistake: no **metadata, so every call raises TypeError."""
+    return 1.0
+
+
+def not_a_number(prompt, completion, **_):
+    return float("nan") if "nan" in completion else 0.5

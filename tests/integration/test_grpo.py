@@ -77,3 +77,20 @@ def test_resource_shortfall_names_the_roles(ray_local, tiny_model_dir, tmp_path)
     with pytest.raises(UserError, match=r"the RL roles ask for 3 CPU \(rollout 0.5, learner 2, reward 0.25, "
                                         r"reference 0.25\) but the Ray cluster has 2"):
         check_resources(cfg)
+
+
+def test_a_reward_that_always_fails_stops_the_run_with_its_error(ray_local, tiny_model_dir, tmp_path):
+    """Issue 20: a reward function with the wrong signature trained on nothing with exit 0."""
+    from rayalign.config_io import with_overrides
+    from rayalign.errors import RunError
+    from rayalign.recipes.grpo import run
+
+    cfg = with_overrides(grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "out", learners=1, kl_coef=0,
+                                     max_steps=6), {"reward.functions": [{"name": "reward_fns:two_args"}]})
+    with pytest.raises(RunError) as err:
+        run(cfg)
+    first, second = str(err.value).splitlines()
+    assert first.startswith("step 3: rewards failed on more than 50% of the samples for 3 steps in a row")
+    assert "reward fn 'reward_fns:two_args' raised TypeError: two_args() got an unexpected keyword argument" in first
+    assert second == "stopped after step 2 of 6; continue from checkpoint-000002 with --resume"
+    assert [m["reward_failures/reward_fns:two_args"] for m in read_metrics(tmp_path / "out")] == [16.0, 16.0]

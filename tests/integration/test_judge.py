@@ -69,6 +69,18 @@ def test_judge_cli_names_a_bad_row(stub, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path}/in.jsonl:2: field 'response' is missing\n"
 
 
+def test_judge_that_judged_nothing_exits_1(tmp_path, capsys):
+    """Issue 20: an unreachable judge URL scored 0 of 3 rows with exit 0."""
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": "p", "response": r}) + "\n" for r in RESPONSES))
+    (tmp_path / "judge.yaml").write_text(f"base_url: http://127.0.0.1:{free_port()}/v1\nmodel_name: x\ncache: null\n")
+    with pytest.raises(SystemExit) as info:
+        main(["judge", "-c", str(tmp_path / "judge.yaml"), "-i", str(tmp_path / "in.jsonl"), "-o",
+              str(tmp_path / "out.jsonl"), "--max_retries", "0", "--timeout_s", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and err[-1].startswith("error: no row was judged (3 tried); most common error: ")
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3  # each row keeps its error
+
+
 def test_local_tiny_judge_on_serve(ray_local, tiny_model_dir):
     cfg = JudgeConfig(model=ModelConfig(name_or_path=str(tiny_model_dir)), max_retries=1, max_tokens=16, cache=None,
                       serve=ServeConfig(engine="hf", port=free_port(), num_cpus=0.25, app_name="judge-test",

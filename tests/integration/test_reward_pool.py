@@ -64,3 +64,17 @@ def test_hung_crashing_and_dying_functions_are_reported(pool_factory):
     assert scored[0].reward == 0.25 and not scored[0].failed
     assert scored[1].failed and scored[1].failures[0].startswith("reward worker 1 failed (")
     assert [s.reward for s in dying.score([Sample("q", "ok")] * 2)] == [0.25, 0.25]
+    assert scored[1].failed_terms == ["reward worker"] and scored[0].failed_terms == []
+
+
+def test_nan_rewards_and_wrong_signatures_are_failures_of_their_function(pool_factory):
+    """Issue 20: a NaN reward flowed into the weights; fn(prompt, completion) trained on nothing silently."""
+    from rayalign.workers.reward import Sample
+
+    pool = pool_factory([{"name": "reward_fns:not_a_number"}, {"name": "reward_fns:two_args"}], workers=1)
+    scored = pool.score([Sample("q", "nan please", {"answer": "1"}), Sample("q", "fine", {"answer": "1"})])
+    assert scored[0].failed_terms == ["reward_fns:not_a_number", "reward_fns:two_args"]
+    assert scored[0].failures[0] == "reward fn 'reward_fns:not_a_number' returned nan on prompt 'q', completion " \
+                                    "'nan please'"
+    assert "raised TypeError: two_args() got an unexpected keyword argument 'answer'" in scored[1].failures[0]
+    assert [s.reward for s in scored] == [0.0, 0.5]  # the failed terms count 0, never NaN

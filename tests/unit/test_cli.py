@@ -141,3 +141,18 @@ def test_grpo_recipe_errors_name_the_key(tmp_path, capsys):
                         "--algorithm.name", "dapo", "--algorithm.kl_coef", "0.1"], capsys)
     assert (code, err) == (2, "error: override --algorithm.kl_coef: dapo fixes kl_coef at 0.0 (the DAPO paper "
                               "drops the KL term); remove the key or choose another algorithm\n")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["trian"], "error: No such command 'trian'. Did you mean 'train'?\n"),
+    (["train"], "error: Missing option '-c' / '--config'.\n"),
+    (["data", "make", "letter_count", "--n", "0", "--out", "x.jsonl"],
+     "error: Invalid value for '--n': Input should be greater than or equal to 1\n"),
+    (["models", "create-tiny", "t", "--hidden", "10"],
+     "error: Invalid value for '--hidden': Input should be greater than or equal to 64\n"),
+])
+def test_usage_errors_are_one_line_exit_2(argv, expected, capsys, tmp_path, monkeypatch):
+    """Issue 20: typer's vendored click raised past the handler as ~30-line tracebacks with exit 1."""
+    monkeypatch.chdir(tmp_path)
+    assert run(argv, capsys)[::2] == (2, expected)
+    assert not list(tmp_path.iterdir())  # nothing was written

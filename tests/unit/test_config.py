@@ -185,3 +185,24 @@ def test_qwen_recipes_chain_sft_into_dpo_and_grpo_with_the_papers_settings():
     for cfg, name in ((sft, "sft"), (dpo, "dpo"), (grpo, "grpo")):  # the data each reads is made by its comments
         header = (root / f"{name}.yaml").read_text().split("\ntrainer:")[0]
         assert f"--out {cfg.data.train.datasets[0].path}" in header, name
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_numbers_are_refused_with_their_line(tmp_path, value):
+    """Issue 20: ``learning_rate: .inf`` trained two steps into a NaN model and exited 0."""
+    path = write(tmp_path, BASE.replace("learning_rate: 2.0e-4", f"learning_rate: {value}"))
+    assert error_of(path).startswith(f"{path}:12: training.learning_rate: Input should be a finite number")
+    nan_weight = BASE.replace("weight: 3", "weight: .nan")
+    assert "data.train.datasets[0].weight: Input should be a finite number" in error_of(write(tmp_path, nan_weight))
+    assert error_of(write(tmp_path, BASE), ["--training.max_grad_norm", "inf"]).startswith(
+        "override --training.max_grad_norm: Input should be a finite number")
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path):
+    """Issue 20: PyYAML keeps the last of two `training:` sections without a word."""
+    twice = BASE + "training:\n  learning_rate: 1.0\n"
+    assert error_of(write(tmp_path, twice)) == (f"{tmp_path / 'cfg.yaml'}:17: training: given twice (first on line "
+                                                "11); YAML would keep only this one")
+    nested = BASE.replace("  micro_batch_size: 2\n", "  micro_batch_size: 2\n  learning_rate: 3.0e-4\n")
+    assert error_of(write(tmp_path, nested)).endswith(":14: training.learning_rate: given twice (first on line 12); "
+                                                      "YAML would keep only this one")

@@ -90,3 +90,15 @@ def test_every_algorithm_trains(tiny_model_dir, batch, name):
     assert torch.isfinite(torch.tensor(m["loss"])) and m["grad_norm"] > 0
     if kl:
         assert m["kl"] == pytest.approx(torch.tensor(-0.05).exp().item() - 1 + 0.05, rel=1e-4)  # k3, log r = -0.05
+
+
+def test_a_nan_reward_stops_the_step_before_the_update(tiny_model_dir, batch):
+    """Issue 20: a reward returning NaN flowed into the weights; now the step stops, the weights unchanged."""
+    from rayalign.training.guards import NonFiniteError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = copy.deepcopy(model.state_dict())
+    batch.advantages[1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^step 7: grad_norm is nan; stopped before the optimizer update"):
+        _learner(model, AlgorithmConfig(name="grpo", kl_coef=0)).train_step(batch, step=6)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
