@@ -36,14 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import RECIPES, write_task_file  # noqa: E402  (the data and model half of the quickstart)
 
 from rayalign import compare, plots  # noqa: E402
-from rayalign.config import EvalConfig, InferConfig, ModelConfig, RewardFnConfig  # noqa: E402
+from rayalign.config import EvalConfig, InferConfig, ModelConfig  # noqa: E402
 from rayalign.config_io import load_config  # noqa: E402
-from rayalign.data.pairs import rank_pairs  # noqa: E402
-from rayalign.data.sources import iter_dicts  # noqa: E402
+from rayalign.data.pairs import pairs_file  # noqa: E402
 from rayalign.engines.base import SamplingSpec  # noqa: E402
 from rayalign.evaluate.run import evaluate  # noqa: E402
 from rayalign.metrics import read_metrics  # noqa: E402
-from rayalign.rewards.registry import WeightedReward  # noqa: E402
 
 HELD_OUT = {"seed": 99, "num_samples": 200}  # letter_count's test split: held-out words only
 STAGES = ("base", "sft", "dpo", "grpo")
@@ -74,11 +72,8 @@ def on_policy_pairs(sft: Path, prompts: Path, out: Path) -> tuple[Path, dict]:
     batch(ModelConfig(name_or_path=str(sft)), InferConfig(n=4, temperature=1.0, max_new_tokens=64, max_model_len=256,
                                                           num_cpus=1.0, chunk_size=256),
           prompts, samples, echo=print)
-    reward = WeightedReward([RewardFnConfig(name="letter_count")])
-    pairs, counts = rank_pairs(iter_dicts(str(samples)), lambda p, text, meta: reward(p, text, **meta)[0])
     path = out / "data" / "letter_count_pairs.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in pairs))
-    return path, counts
+    return path, pairs_file(samples, path, ["letter_count"])
 
 
 def table(results: dict[str, dict], seconds: dict[str, float]) -> str:

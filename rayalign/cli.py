@@ -252,16 +252,9 @@ def data_pairs(
                                      help="reward function (built-in or module:fn); repeat to sum several"),
 ) -> None:
     """Rank each prompt's sampled answers by reward: best vs. worst as a preference pair (on-policy DPO data)."""
-    from rayalign.config import RewardFnConfig
-    from rayalign.data.pairs import rank_pairs
-    from rayalign.data.sources import iter_dicts
-    from rayalign.rewards.registry import WeightedReward
+    from rayalign.data.pairs import pairs_file
 
-    total = WeightedReward([RewardFnConfig(name=name) for name in reward])
-    pairs, counts = rank_pairs(iter_dicts(str(samples)), lambda p, text, meta: total(p, text, **meta)[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in pairs)
+    counts = pairs_file(samples, out, reward)
     typer.echo(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had answers that "
                f"all scored the same); wrote {out}")
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rayalign.config import ModelConfig, RewardFnConfig
-from rayalign.data.collate import tokenize_prompt
 from rayalign.data.sources import iter_dicts
 from rayalign.data.tasks import generate, to_row
 from rayalign.engines.base import GenerationEngine, SamplingSpec
 from rayalign.errors import DataError, UserError
+from rayalign.evaluate.generative import prompt_ids
 from rayalign.rewards.registry import WeightedReward
 
 
@@ -87,19 +87,13 @@ def side_by_side(contenders: list[Contender], rows: list[dict], spec: SamplingSp
     """One record per prompt: each model's answer and (when there are reward functions) its reward."""
     records: list[dict[str, Any]] = [{"prompt": row["prompt"], "answers": {}} for row in rows]
     for c in contenders:
-        tokenizer = c.engine.tokenizer
-        room = c.engine.max_model_len - spec.max_new_tokens
-        ids = [tokenize_prompt(tokenizer, _messages(row["prompt"]), room) for row in rows]
+        ids = prompt_ids(c.engine, c.engine.tokenizer, [row["prompt"] for row in rows], spec.max_new_tokens)
         for record, row, group in zip(records, rows, c.engine.generate(ids, spec)):
             text = group[0].text
             meta = {k: v for k, v in row.items() if k != "prompt"}
             record["answers"][c.label] = {"text": text, "reward": reward(row["prompt"], text, **meta)[0]
                                           if reward else None}
     return records
-
-
-def _messages(prompt: Any) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def render(records: list[dict], rows: list[dict] | None = None) -> str:

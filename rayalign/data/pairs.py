@@ -9,6 +9,8 @@ samples), unlike hand-written near misses the model would never produce.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from rayalign.errors import DataError
@@ -20,7 +22,7 @@ def rank_pairs(rows: Iterable[tuple[str, dict]], score: Callable[[Any, str, dict
                ) -> tuple[list[dict], dict[str, int]]:
     """Preference rows (``prompt``, ``chosen``, ``rejected`` and both rewards) and counts: ``pairs``,
     ``all_same`` (no pair: every answer scored alike), ``prompts``."""
-    pairs, counts = [], {"prompts": 0, "pairs": 0, "all_same": 0}
+    pairs, counts = [], {"prompts": 0, "all_same": 0}
     for where, row in rows:
         answers = row.get("responses")
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
@@ -36,8 +38,21 @@ def rank_pairs(rows: Iterable[tuple[str, dict]], score: Callable[[Any, str, dict
         pairs.append({"prompt": row["prompt"], "chosen": _turn(row["prompt"], best[1]),
                       "rejected": _turn(row["prompt"], worst[1]),
                       "chosen_reward": best[0], "rejected_reward": worst[0]})
-    counts["pairs"] = len(pairs)
-    return pairs, counts
+    return pairs, {**counts, "pairs": len(pairs)}
+
+
+def pairs_file(samples: Path, out: Path, rewards: list[str]) -> dict[str, int]:
+    """``rayalign data pairs``: rank ``samples`` (infer output) by the summed ``rewards`` (built-in names or
+    ``module:fn``) and write the preference rows to ``out``; returns the counts."""
+    from rayalign.config import RewardFnConfig
+    from rayalign.data.sources import iter_dicts
+    from rayalign.rewards.registry import WeightedReward
+
+    total = WeightedReward([RewardFnConfig(name=name) for name in rewards])
+    pairs, counts = rank_pairs(iter_dicts(str(samples)), lambda p, text, meta: total(p, text, **meta)[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    return counts
 
 
 def _turn(prompt: Any, text: str) -> Any:

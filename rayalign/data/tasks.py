@@ -98,13 +98,13 @@ def count_trace(word: str, letter: str, slip: int | None = None) -> str:
 def letter_count(rng: random.Random, split: str = "train", index: int = 0) -> Example:
     """Counts 0..MAX_COUNT evenly. ``train``: drawn at random, on training words or (half the time) random
     letter strings; ``test``: the held-out words only, counts in turn (every count equally often)."""
-    count = index % (MAX_COUNT + 1) if split == "test" else rng.randint(0, MAX_COUNT)
     if split == "test":
+        count = index % (MAX_COUNT + 1)
         word, letter = _real_word(rng, HELD_OUT_WORDS, count)
-    elif rng.random() < PSEUDO_WORD_SHARE:
-        word, letter = _pseudo_word(rng, count)
     else:
-        word, letter = _real_word(rng, TRAIN_WORDS, count)
+        count = rng.randint(0, MAX_COUNT)
+        word, letter = (_pseudo_word(rng, count) if rng.random() < PSEUDO_WORD_SHARE
+                        else _real_word(rng, TRAIN_WORDS, count))
     wrong = count_trace(word, letter, slip=rng.randrange(len(word)))
     return Example(
         task="letter_count",

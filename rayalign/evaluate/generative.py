@@ -28,12 +28,18 @@ from rayalign.rewards.builtin import BUILTINS, last_boxed
 MAX_ANSWERS_BROKEN_DOWN = 12  # accuracy per answer value for tasks with few distinct answers
 
 
+def prompt_ids(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, prompts: list,
+               max_new_tokens: int) -> list[list[int]]:
+    """Each prompt (text: one user turn, or messages) as chat-template ids that leave room for the answer."""
+    room = engine.max_model_len - max_new_tokens
+    return [tokenize_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p, room)
+            for p in prompts]
+
+
 def completions(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, prompts: list, max_new_tokens: int,
                 temperature: float, n: int = 1) -> list[list[Completion]]:
-    room = engine.max_model_len - max_new_tokens
-    ids = [tokenize_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p, room)
-           for p in prompts]
-    return engine.generate(ids, SamplingSpec(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=0))
+    return engine.generate(prompt_ids(engine, tokenizer, prompts, max_new_tokens),
+                           SamplingSpec(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=0))
 
 
 def answers(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, prompts: list, max_new_tokens: int,
