@@ -8,6 +8,12 @@ Layout of one checkpoint (a Ray Train ``Checkpoint`` directory, persisted under
     optimizer.pt        the full (unsharded) optimizer state
     scheduler.pt        the lr scheduler state
     trainer_state.json  {"step", "samples_seen", "epoch"}: the data position
+    checkpoint.json     written last: the size of every file above and the run it belongs to (trainer,
+                        model, architecture, LoRA). A checkpoint is complete only when every listed file is
+                        there at its size, so a save torn by a full disk or a kill is never resumed from.
+
+A checkpoint is built in a temporary directory and then moved (GRPO learners: renamed) or copied by Ray
+Train into ``checkpoints/``; either way the manifest decides whether it counts.
 
 Data order is a pure function of (seed, epoch) and each step reseeds torch from (seed, step, rank),
 so the step count is the whole data/RNG position. Pure torch + files: Ray wraps the directory.
@@ -16,7 +22,9 @@ so the step count is the whole data/RNG position. Pure torch + files: Ray wraps 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +33,9 @@ import torch
 from rayalign.errors import UserError
 
 MODEL, OPTIMIZER, SCHEDULER, STATE = "model", "optimizer.pt", "scheduler.pt", "trainer_state.json"
+MANIFEST = "checkpoint.json"
 RUN_NAME = "checkpoints"  # OUTPUT_DIR/checkpoints/checkpoint-NNNNNN
+_NAME = re.compile(r"checkpoint-\d+")
 
 
 class CheckpointError(UserError):
@@ -57,8 +67,48 @@ def save_training_state(path: Path, optimizer_state: dict, scheduler, state: Tra
     (path / STATE).write_text(json.dumps(asdict(state)))
 
 
+def write_manifest(path: Path, state: TrainerState, run: dict) -> None:
+    """Seal checkpoint ``path``: list every file with its size, plus ``run`` (see ``run_identity``)."""
+    files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"step": state.step, "run": run, "files": files}, indent=1))
+    os.replace(tmp, path / MANIFEST)
+
+
+def run_identity(trainer: str, model, architecture: str) -> dict:
+    """What a checkpoint must share with a recipe that resumes it; keys are the config keys to blame."""
+    return {"trainer": trainer, "model.name_or_path": model.name_or_path, "architecture": architecture,
+            "model.lora": model.lora.model_dump(mode="json") if model.lora else None}
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
+def problem(path: str | Path) -> str | None:
+    """Why checkpoint ``path`` cannot be trusted; None when it is complete."""
+    path = Path(path)
+    try:
+        files = read_manifest(path)["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST}: its save did not finish"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its {MANIFEST} is damaged ({type(exc).__name__})"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def read_state(path: str | Path) -> TrainerState:
-    return TrainerState(**json.loads((Path(path) / STATE).read_text()))
+    file = Path(path) / STATE
+    try:
+        return TrainerState(**json.loads(file.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{file}: cannot read the trainer state ({type(exc).__name__}: {exc})") from None
 
 
 def load_training_state(path: str | Path) -> tuple[dict, dict, TrainerState]:
@@ -78,7 +128,24 @@ def _load_tensors(file: Path) -> dict:
                               f"run code ({reason})") from None
 
 
+def _listed(output_dir: str | Path) -> list[Path]:
+    root = Path(output_dir) / RUN_NAME
+    return sorted(p for p in root.glob("checkpoint-*") if p.is_dir() and _NAME.fullmatch(p.name))
+
+
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(output_dir) / RUN_NAME
-    return sorted(p.parent for p in root.glob("checkpoint-*/trainer_state.json"))
+    return [p for p in _listed(output_dir) if problem(p) is None]
+
+
+def incomplete(output_dir: str | Path) -> list[tuple[Path, str]]:
+    """The run's checkpoint directories that are not complete, each with the reason."""
+    return [(p, why) for p in _listed(output_dir) if (why := problem(p)) is not None]
+
+
+def prune(output_dir: str | Path, keep: int | None) -> None:
+    """Keep the newest ``keep`` complete checkpoints (all when None)."""
+    import shutil
+
+    for old in (checkpoints(output_dir)[:-keep] if keep else []):
+        shutil.rmtree(old, ignore_errors=True)

@@ -44,11 +44,13 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for
 
 @app.command(context_settings=OVERRIDES)
 def train(ctx: typer.Context, config: Path = ConfigOpt,
-          resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in output_dir")) -> None:
+          resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in output_dir"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in output_dir")) -> None:
     """Train with the recipe's trainer (sft | pretrain | dpo | kto | grpo)."""
     from rayalign.config_io import load_config
 
-    cfg = load_config(config, ctx.args + (["--training.resume", "auto"] if resume else []))
+    flags = (["--training.resume", "auto"] if resume else []) + (["--training.overwrite", "true"] if overwrite else [])
+    cfg = load_config(config, ctx.args + flags)
     if cfg.data is None:
         raise UserError(f"{config}: data: required key is missing (train needs data.train)")
     if cfg.trainer == "grpo":

@@ -93,6 +93,8 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps; null = at the end")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; null keeps all")
     resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint")
+    overwrite: bool = Field(False, description="replace an earlier run in output_dir (its final model, metrics "
+                            "and checkpoints); without it a used output_dir is refused")
     stop_after_steps: int | None = Field(
         None, gt=0, description="end this launch after N steps (checkpointed; --resume continues); "
         "for time-limited jobs. The schedule still spans max_steps")

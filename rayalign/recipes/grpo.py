@@ -46,7 +46,8 @@ from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, PhaseTimer
 from rayalign.models.loading import load_tokenizer
-from rayalign.recipes.common import check_resume, local_paths
+from rayalign.recipes.common import local_paths
+from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.rewards.builtin import boxed_answer
 from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
@@ -131,39 +132,39 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg`` (trainer: grpo); returns ``OUTPUT_DIR/final`` (None when stopped early)."""
     cfg = local_paths(cfg)
     t, a = cfg.training, cfg.algorithm
-    out = Path(t.output_dir).resolve()
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
     judge = reward_judge(cfg)
     tokenizer = load_tokenizer(cfg.model)
     prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed))
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
-    resumed = check_resume(cfg, out, max_steps)
-    if not ray.is_initialized():
-        ray.init()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x {a.group_size}"
-         + (f", resuming after step {resumed.step}" if resumed else ""))
-    roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(checkpoints(out)[-1]) if resumed else None,
-                    judge, notify=tqdm.write)
-    try:
-        state = _train(roles, cfg, prompts, max_steps, out, tokenizer.pad_token_id)
-    finally:
-        roles.shutdown()
-    if state.step < max_steps:
-        echo(f"stopped after step {state.step} of {max_steps}; continue with --resume")
-        return None
-    final = out / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(checkpoints(out)[-1] / MODEL, final)
-    (out / "trainer_state.json").write_text(json.dumps(state.__dict__))
-    echo(f"final model in {final}")
-    return final
+    with claim(cfg, echo) as c:
+        check_unfinished(c, max_steps)
+        if not ray.is_initialized():
+            ray.init()
+        out = c.out
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x "
+             f"{a.group_size}" + (f", resuming after step {c.state.step}" if c.state else ""))
+        roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(c.resume_from) if c.resume_from else None,
+                        judge, notify=tqdm.write)
+        try:
+            state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id)
+        finally:
+            roles.shutdown()
+        if state.step < max_steps:
+            echo(f"stopped after step {state.step} of {max_steps}; continue with --resume")
+            return None
+        final = out / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(checkpoints(out)[-1] / MODEL, final)
+        (out / "trainer_state.json").write_text(json.dumps(state.__dict__))
+        echo(f"final model in {final}")
+        return final
 
 
-def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: int, out: Path,
+def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: int, c: Claim,
            pad_id: int) -> TrainerState:
-    t, a = cfg.training, cfg.algorithm
+    t, a, out = cfg.training, cfg.algorithm, c.out
     state = roles.restored_state
     roles.sync()  # engines start from the model on disk; from here on they run the learner's weights
     order = DataOrder(len(prompts), a.prompts_per_step, t.seed, cfg.data.train.shuffle)
@@ -185,13 +186,13 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
             bar.update(1)
             if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
-                roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit)
+                roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
                 saved = state.step
     except RunError as exc:
         # A rollout worker failed, not the learners: unless they already took the failed step's update,
         # they hold exactly the finished steps, kept as a checkpoint to resume from.
         if state.step > saved and not roles.learned_unsynced:
-            roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit)
+            roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
             saved = state.step
         where = f"; continue from checkpoint-{saved:06d} with --resume" if saved else ""
         raise RunError(f"{exc}\nstopped after step {state.step} of {max_steps}{where}") from None

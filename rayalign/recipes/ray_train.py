@@ -7,8 +7,9 @@
    ``FailureConfig(training.max_failures)``: a dead worker restarts the group from the last checkpoint;
 3. copy the last checkpoint's model to ``OUTPUT_DIR/final``.
 
-``training.resume: auto`` (``--resume``) continues the run stored in ``OUTPUT_DIR`` (Ray Train restores
-its checkpoint list and hands the workers the latest checkpoint). Works the same on the embedded local
+``training.resume: auto`` (``--resume``) continues the run stored in ``OUTPUT_DIR`` from its latest complete
+checkpoint (``recipes/output_dir.py`` decides; the workers get its path). Within a launch, a worker
+failure restarts the group from the latest checkpoint Ray Train got. Works the same on the embedded local
 Ray and on a cluster (``ray job submit``), where ``OUTPUT_DIR`` must be shared storage.
 """
 
@@ -24,16 +25,18 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, read_state
+from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, prune, read_state
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
 from rayalign.errors import RunError, UserError
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
-from rayalign.recipes.common import check_resume, local_paths
+from rayalign.recipes.common import local_paths
+from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.training.loop import LoopSpec
 from rayalign.workers.train_worker import train_loop_per_worker
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it reported
 PREPARE = {"sft": sft.prepare, "pretrain": sft.prepare, "dpo": dpo.prepare, "kto": dpo.prepare}
 
 
@@ -77,30 +80,40 @@ def _fit(trainer: TorchTrainer, out: Path):
 
 
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
-    """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early)."""
+    """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early).
+    Cheap checks first (data rows, the output directory, the cluster's resources), then the expensive
+    preparation (tokenising; the DPO family's reference pass)."""
     cfg = local_paths(cfg)
-    out = Path(cfg.training.output_dir).resolve()
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
-    train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
-    if not ray.is_initialized():
-        ray.init()
-    _check_resources(cfg)
-    max_steps = _max_steps(cfg, len(train_rows))
-    resumed = check_resume(cfg, out, max_steps)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim(cfg, echo) as c:
+        if not ray.is_initialized():
+            ray.init()
+        _check_resources(cfg)
+        train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
+        max_steps = _max_steps(cfg, len(train_rows))
+        check_unfinished(c, max_steps)
+        return _launch(cfg, c, train_rows, eval_rows, max_steps, echo)
+
+
+def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, echo) -> Path | None:
+    out = c.out
+    # rayalign's listing decides what to resume from; Ray Train keeps its own list per launch only (its
+    # snapshot of an earlier launch could name a checkpoint that was torn or deleted since)
+    (out / RUN_NAME / RAY_SNAPSHOT).unlink(missing_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     echo(f"{cfg.trainer}: {len(train_rows)} train rows, {max_steps} steps"
-         + (f", resuming after step {resumed.step}" if resumed else ""))
+         + (f", resuming after step {c.state.step}" if c.state else ""))
     s = cfg.scaling
     spec = LoopSpec(trainer=cfg.trainer, model=cfg.model, training=cfg.training.model_copy(update={"output_dir": str(out)}),
                     preference=cfg.preference, strategy=s.strategy, use_gpu=s.use_gpu,
                     torch_threads=s.torch_threads, max_steps=max_steps, train_rows=[],
-                    shuffle=cfg.data.train.shuffle)
+                    shuffle=cfg.data.train.shuffle, run=c.run)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "train_rows": ray.put(train_rows),
-                           "eval_rows": ray.put(eval_rows) if eval_rows else None},
+                           "eval_rows": ray.put(eval_rows) if eval_rows else None,
+                           "resume_from": str(c.resume_from) if c.resume_from else None},
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
@@ -108,16 +121,17 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit)),
     )
-    result = _fit(trainer, out)
-    last = Path(result.checkpoint.path) if result.checkpoint else None
-    state = read_state(last) if last else TrainerState()
+    _fit(trainer, out)
+    prune(out, cfg.training.save_total_limit)  # Ray Train prunes this launch's; this counts earlier ones too
+    saved = checkpoints(out)
+    state = read_state(saved[-1]) if saved else TrainerState()
     if state.step < max_steps:
         echo(f"stopped after step {state.step} of {max_steps}; "
              f"continue with --resume (checkpoints in {out / RUN_NAME})")
         return None
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(last / MODEL, final)
+    shutil.copytree(saved[-1] / MODEL, final)
     (out / "trainer_state.json").write_text(json.dumps(state.__dict__))
     echo(f"final model in {final}")
     return final

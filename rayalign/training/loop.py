@@ -18,14 +18,15 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from transformers import get_scheduler
 
-from rayalign.checkpoint import MODEL, TrainerState, load_training_state, save_model_dir, save_training_state
+from rayalign.checkpoint import (MODEL, TrainerState, load_training_state, save_model_dir, save_training_state,
+                                 write_manifest)
 from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
 from rayalign.models.loading import load_model, load_tokenizer, load_trainable
@@ -48,6 +49,7 @@ class LoopSpec:
     train_rows: list[dict]
     eval_rows: list[dict] | None = None
     shuffle: bool = True
+    run: dict = field(default_factory=dict)  # checkpoint.run_identity: sealed into every checkpoint
 
 
 @dataclass
@@ -177,9 +179,10 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
 
 
 def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state: TrainerState, tokenizer,
-                     rank: int) -> Path | None:
+                     rank: int, run: dict) -> Path | None:
     """Gather the full model and optimizer (collectives: every rank calls this) and write a checkpoint
-    into a fresh temporary directory on rank 0; returns it there (the caller moves or removes it)."""
+    into a fresh temporary directory on rank 0, sealed with its manifest last; returns it there (the
+    caller moves or removes it)."""
     model_state = sharding.full_model_state(model)
     optim_state = sharding.full_optimizer_state(model, optimizer)
     if rank != 0:
@@ -190,11 +193,12 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
         model_cfg.lora and model_cfg.lora.save_merged) else None
     save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
     save_training_state(tmp, optim_state, scheduler, state)
+    write_manifest(tmp, state, run)
     return tmp
 
 
 def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
-    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank)
+    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run)
     hooks.report({"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))
                                          and math.isfinite(v)}}, tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rayalign.batch import RolloutBatch
-from rayalign.checkpoint import TrainerState
+from rayalign.checkpoint import TrainerState, prune
 from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
 from rayalign.engines.base import weights_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
@@ -111,21 +111,21 @@ class LearnerWorker:
         copy.unmerge_adapter()
         return out, unique
 
-    def save(self, directory: str, state: TrainerState, keep: int | None) -> None:
-        """Write checkpoint ``directory`` (atomically: a temp dir renamed into place). A collective."""
+    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
+        """Write checkpoint ``directory`` (atomically: a sealed temp dir moved into place, then renamed).
+        A collective."""
         tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
-                               self.learner.scheduler, state, self.tokenizer, self.rank)
+                               self.learner.scheduler, state, self.tokenizer, self.rank, run)
         if tmp is None:
             return
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.parent / f".{target.name}.partial"  # same file system as the target: rename is atomic
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.move(str(tmp), staged)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(tmp), target)
-        if keep:
-            from rayalign.checkpoint import checkpoints
-
-            for old in checkpoints(target.parent.parent)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        staged.rename(target)
+        prune(target.parent.parent, keep)
 
     def shutdown(self) -> None:
         if dist.is_initialized():

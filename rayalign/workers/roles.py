@@ -147,8 +147,8 @@ class RLRoles:
         self.learned_unsynced = False
         return fingerprint
 
-    def save(self, directory: str, state: TrainerState, keep: int | None) -> None:
-        ray.get([learner.save.remote(directory, state, keep) for learner in self.learners])
+    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
+        ray.get([learner.save.remote(directory, state, keep, run) for learner in self.learners])
 
     def shutdown(self) -> None:
         self.rewards.shutdown()

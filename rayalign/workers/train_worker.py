@@ -1,8 +1,8 @@
 """The Ray Train worker: ``TorchTrainer`` runs :func:`train_loop_per_worker` on every worker.
 
 It joins Ray Train's torch.distributed group (set up by ``TorchTrainer``: gloo on CPU, nccl on GPU),
-fetches the tokenised rows from the object store, restores the latest checkpoint Ray hands it (a
-``--resume`` or a restart after a worker failure), and runs ``training.loop.train`` with hooks that
+fetches the tokenised rows from the object store, restores the latest checkpoint of this launch that Ray
+hands it after a worker failure, or else the one the driver chose for ``--resume``, and runs ``training.loop.train`` with hooks that
 report metrics and checkpoints back to Ray Train.
 """
 
@@ -32,7 +32,7 @@ def train_loop_per_worker(config: dict) -> None:
                                eval_rows=ray.get(config["eval_rows"]) if config["eval_rows"] else None)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train(spec, Hooks(report=_report, progress=ray_tqdm))
+        train(spec, Hooks(restored=config.get("resume_from"), report=_report, progress=ray_tqdm))
         return
     with checkpoint.as_directory() as restored:
         train(spec, Hooks(restored=restored, report=_report, progress=ray_tqdm))

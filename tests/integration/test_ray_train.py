@@ -3,8 +3,9 @@ down, outputs load, gradient accumulation is invariant, resume is bit-for-bit, a
 recovered from the last checkpoint, LoRA adapters save and load with peft."""
 
 import json
-import signal
 import os
+import shutil
+import signal
 import threading
 import time
 
@@ -68,12 +69,21 @@ def test_gradient_accumulation_is_invariant(ray_local, tiny_model_dir, task_file
 
 def test_resume_is_bit_for_bit(ray_local, tiny_model_dir, task_files, tmp_path):
     straight = run(build(recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "a", max_steps=4)))
-    d = recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "b", max_steps=4, stop_after_steps=2)
-    assert run(build(d)) is None  # stopped at step 2 with a checkpoint
-    assert [c.name for c in checkpoints(tmp_path / "b")] == ["checkpoint-000002"]
+    d = recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "b", max_steps=4, stop_after_steps=3,
+               save_steps=1, save_total_limit=None)
+    assert run(build(d)) is None  # stopped at step 3 with a checkpoint after every step
+    ckpts = checkpoints(tmp_path / "b")
+    assert [c.name for c in ckpts] == ["checkpoint-000001", "checkpoint-000002", "checkpoint-000003"]
     with pytest.raises(UserError, match="already holds checkpoints of a run.*--resume"):
         run(build(d))
-    resumed = run(build(d, training={"resume": "auto", "stop_after_steps": None}))
+    # the newest is deleted by hand (Ray Train's own record still names it) and the next one is torn
+    shutil.rmtree(ckpts[2])
+    with open(ckpts[1] / "optimizer.pt", "r+b") as f:
+        f.truncate(100)
+    said = []
+    resumed = run(build(d, training={"resume": "auto", "stop_after_steps": None}), echo=said.append)
+    assert said[0].startswith("ignoring checkpoint-000002: optimizer.pt is 100 bytes")
+    assert said[1] == "sft: 96 train rows, 4 steps, resuming after step 1"
     wa, wb = weights(straight), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert read_metrics(tmp_path / "a") == [
