@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from rayalign.errors import NotBuiltError, RunError, UserError
+from rayalign.errors import Interrupted, NotBuiltError, RunError, UserError
 
 app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -57,7 +57,13 @@ def train(ctx: typer.Context, config: Path = ConfigOpt,
         from rayalign.recipes.grpo import run
     else:
         from rayalign.recipes.ray_train import run
-    run(cfg, echo=typer.echo)
+    try:
+        run(cfg, echo=typer.echo)
+    except Interrupted as exc:
+        if exc.resumable:
+            again = " ".join(["rayalign train -c", str(config), *ctx.args, "--resume"])
+            raise Interrupted(f"{exc}; continue with: {again}", exc.signum) from exc
+        raise
 
 
 @app.command(context_settings=OVERRIDES)
@@ -292,6 +298,30 @@ def env() -> None:
     typer.echo(describe())
 
 
+def _settle_output() -> None:
+    """Before our last line: stop Ray's forwarding of worker output (a progress bar redrawn or a worker's
+    log line arriving after it would bury it) and clear the bars it draws."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    ray.shutdown()
+    from ray.experimental import tqdm_ray
+
+    manager = tqdm_ray._manager  # the driver's renderer of worker bars; None when no worker drew one
+    for group in getattr(manager, "bar_groups", {}).values():
+        for bar in group.bars_by_uuid.values():
+            bar.bar.leave = False  # erase it rather than redraw it last, at exit
+            bar.bar.close()
+        group.bars_by_uuid.clear()
+    sys.stdout.flush()
+
+
+def _fail(message: str, code: int) -> None:
+    _settle_output()
+    typer.echo(message, err=True)
+    sys.exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -301,13 +331,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(f"error: {exc}", 2)
     except RunError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail(f"error: {exc}", 1)
+    except Interrupted as exc:
+        if debug:
+            raise
+        _fail(str(exc), 128 + exc.signum)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)

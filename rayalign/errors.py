@@ -26,3 +26,12 @@ class RunError(Exception):
     """A run stopped by a failure of its machinery, not of the user's input: an engine or a worker died
     (past its restarts). The message names the role, the worker and the root cause; the CLI prints it as
     one block and exits 1 (``--debug`` shows the traceback)."""
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal (SIGINT or SIGTERM). The message says what was saved; the CLI
+    prints it as one line and exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int, resumable: bool = False):
+        super().__init__(message)
+        self.signum, self.resumable = signum, resumable  # resumable: a checkpoint of this run was saved

@@ -48,8 +48,7 @@ def conversation(row: dict, where: str, system: str | None) -> list[dict] | str:
 
 
 def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo: Callable[[str], None]) -> None:
-    import ray
-
+    from rayalign import local_ray
     from rayalign.workers.group import spawn
     from rayalign.workers.rollout import RolloutFailed, RolloutWorker, dispatch, stop
 
@@ -59,8 +58,7 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
         rows.append(row)
         prompts.append(tokenize_prompt(tokenizer, conversation(row, where, cfg.system_prompt),
                                        cfg.max_model_len - cfg.max_new_tokens))
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    local_ray.ensure(log_to_driver=False)
     engine = RolloutConfig.model_validate({k: v for k, v in cfg.model_dump().items() if k in RolloutConfig.model_fields})
     workers = spawn(RolloutWorker, cfg.num_workers, role="infer worker", num_cpus=cfg.num_cpus,
                     num_gpus=cfg.num_gpus, args=(model, engine, cfg.max_model_len, cfg.seed), timeout_s=600)

@@ -15,13 +15,11 @@ def endpoint(cfg: JudgeConfig) -> Endpoint:
     """The judge's endpoint, deploying the local judge model first when there is one (Ray must be up)."""
     if cfg.base_url is not None:
         return Endpoint(cfg.base_url, cfg.model_name or "", os.environ.get(cfg.api_key_env))
-    import ray
-
+    from rayalign import local_ray
     from rayalign.serve.deploy import api_key, deploy
 
     assert cfg.model is not None  # config validation: exactly one of model and base_url
-    if not ray.is_initialized():  # joins a running cluster (RAY_ADDRESS or `ray start`), else starts one
-        ray.init(log_to_driver=False)
+    local_ray.ensure(log_to_driver=False)  # joins a running cluster (RAY_ADDRESS or `ray start`), else starts one
     url = deploy(cfg.model, cfg.serve)
     return Endpoint(url, cfg.serve.served_model_name or cfg.model.name_or_path, api_key(cfg.serve))
 

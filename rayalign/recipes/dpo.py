@@ -42,10 +42,9 @@ def prepare(cfg: RecipeConfig, tokenizer, splits: dict) -> tuple[list[dict], lis
     evals = tokenize_split(splits["eval"], cfg.data.eval, tokenizer, cfg.trainer, "eval") if cfg.data.eval else None
     needs_ref = cfg.trainer == "kto" or cfg.preference.loss_type not in REFERENCE_FREE
     if needs_ref and cfg.preference.reference == "precompute":
-        import ray
+        from rayalign import local_ray
 
-        if not ray.is_initialized():
-            ray.init()
+        local_ray.ensure()
         train = score_reference(cfg, train, tokenizer.pad_token_id)
         evals = score_reference(cfg, evals, tokenizer.pad_token_id) if evals else None
     return train, evals

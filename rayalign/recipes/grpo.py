@@ -30,11 +30,11 @@ import math
 import shutil
 from pathlib import Path
 
-import ray
 import torch
 import yaml
 from tqdm import tqdm
 
+from rayalign import local_ray
 from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
 from rayalign.config import JudgeConfig, RecipeConfig
@@ -47,6 +47,7 @@ from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, PhaseTimer
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import local_paths
+from rayalign.recipes.interrupt import GracefulStop
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.rewards.builtin import boxed_answer
 from rayalign.rewards.registry import WeightedReward
@@ -139,18 +140,21 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
     with claim(cfg, echo) as c:
         check_unfinished(c, max_steps)
-        if not ray.is_initialized():
-            ray.init()
+        local_ray.ensure()
         out = c.out
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         echo(f"grpo ({a.name}): {len(prompts)} prompts, {max_steps} steps of {a.prompts_per_step} x "
              f"{a.group_size}" + (f", resuming after step {c.state.step}" if c.state else ""))
-        roles = RLRoles(cfg, max_steps, cfg.data.train.max_length, str(c.resume_from) if c.resume_from else None,
-                        judge, notify=tqdm.write)
-        try:
-            state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id)
-        finally:
-            roles.shutdown()
+        with GracefulStop(out, tqdm.write) as stop:  # after ray.init, which sets its own SIGTERM handler
+            roles = RLRoles(cfg, max_steps, cfg.data.train.max_length,
+                            str(c.resume_from) if c.resume_from else None, judge, notify=tqdm.write)
+            try:
+                state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id, stop)
+            finally:
+                roles.shutdown()
+        if stop.requested:
+            saved = checkpoints(out)
+            raise stop.stopped(state.step, max_steps, saved[-1] if saved else None)
         if state.step < max_steps:
             echo(f"stopped after step {state.step} of {max_steps}; continue with --resume")
             return None
@@ -163,7 +167,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
 
 
 def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: int, c: Claim,
-           pad_id: int) -> TrainerState:
+           pad_id: int, stop: GracefulStop) -> TrainerState:
     t, a, out = cfg.training, cfg.algorithm, c.out
     state = roles.restored_state
     roles.sync()  # engines start from the model on disk; from here on they run the learner's weights
@@ -173,19 +177,20 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", unit="step")
     failures = RewardFailures(cfg.reward.max_failure_share, cfg.reward.failure_patience)
     saved = state.step
+    stop.in_loop = True
     try:
-        while state.step < stop_at:
+        while state.step < stop_at and not stop.requested:
             rows = [prompts[i] for i in order.step_indices(state.step)]
             metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
             state.step += 1
             state.samples_seen += a.prompts_per_step
             state.epoch = state.samples_seen / len(prompts)
             metrics["epoch"] = state.epoch
-            if state.step % t.logging_steps == 0 or state.step == stop_at:
+            if state.step % t.logging_steps == 0 or state.step == stop_at or stop.requested:
                 log.log(state.step, metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
             bar.update(1)
-            if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
+            if state.step == stop_at or stop.requested or (t.save_steps and state.step % t.save_steps == 0):
                 roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
                 saved = state.step
     except RunError as exc:

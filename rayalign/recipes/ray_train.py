@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 from pathlib import Path
 
 import ray
@@ -25,6 +26,7 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from rayalign import local_ray
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, prune, read_state
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
@@ -32,6 +34,7 @@ from rayalign.errors import RunError, UserError
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
 from rayalign.recipes.common import local_paths
+from rayalign.recipes.interrupt import GracefulStop
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.training.loop import LoopSpec
 from rayalign.workers.train_worker import train_loop_per_worker
@@ -65,7 +68,7 @@ def _fit(trainer: TorchTrainer, out: Path):
     from ray.train import WorkerGroupError
 
     try:
-        return trainer.fit()
+        return _in_thread(trainer.fit)
     except WorkerGroupError as exc:
         for rank, failure in sorted(exc.worker_failures.items()):
             cause = getattr(failure, "cause", None) or failure
@@ -79,6 +82,26 @@ def _fit(trainer: TorchTrainer, out: Path):
         raise
 
 
+def _in_thread(fn):
+    """``fn()`` on a helper thread while the main thread waits: the main thread keeps taking signals, so
+    ``GracefulStop`` (not Ray Train's own SIGINT handler, which aborts without a checkpoint) decides."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early).
     Cheap checks first (data rows, the output directory, the cluster's resources), then the expensive
@@ -87,16 +110,17 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
     with claim(cfg, echo) as c:
-        if not ray.is_initialized():
-            ray.init()
-        _check_resources(cfg)
-        train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
-        max_steps = _max_steps(cfg, len(train_rows))
-        check_unfinished(c, max_steps)
-        return _launch(cfg, c, train_rows, eval_rows, max_steps, echo)
+        local_ray.ensure()
+        with GracefulStop(c.out, echo) as stop:  # after ray.init, which sets its own SIGTERM handler
+            _check_resources(cfg)
+            train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
+            max_steps = _max_steps(cfg, len(train_rows))
+            check_unfinished(c, max_steps)
+            return _launch(cfg, c, train_rows, eval_rows, max_steps, stop, echo)
 
 
-def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, echo) -> Path | None:
+def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, stop: GracefulStop,
+            echo) -> Path | None:
     out = c.out
     # rayalign's listing decides what to resume from; Ray Train keeps its own list per launch only (its
     # snapshot of an earlier launch could name a checkpoint that was torn or deleted since)
@@ -121,10 +145,13 @@ def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, 
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit)),
     )
+    stop.in_loop = True
     _fit(trainer, out)
     prune(out, cfg.training.save_total_limit)  # Ray Train prunes this launch's; this counts earlier ones too
     saved = checkpoints(out)
     state = read_state(saved[-1]) if saved else TrainerState()
+    if stop.requested:
+        raise stop.stopped(state.step, max_steps, saved[-1] if saved else None)
     if state.step < max_steps:
         echo(f"stopped after step {state.step} of {max_steps}; "
              f"continue with --resume (checkpoints in {out / RUN_NAME})")

@@ -5,6 +5,7 @@ report metrics + a checkpoint, draw a progress bar), so the loop reads as plain 
 
     for step: rows of the step -> micro batches -> loss / global units -> backward (sync on the last)
               -> clip -> optimizer + scheduler -> log -> eval every eval_steps -> save every save_steps
+              (and on a stop request: save, then end the launch)
 
 Data position: the order of the training rows is a pure function of (seed, epoch), and global step s
 takes rows [s*G, (s+1)*G) of the endless sequence of epochs (G = global batch), split over workers and
@@ -57,6 +58,7 @@ class Hooks:
     restored: str | None = None  # a local checkpoint directory to resume from
     report: Callable[[dict, Path | None, str], None] = lambda metrics, ckpt, name: None
     progress: Callable[..., Any] | None = None  # tqdm-like factory (rank 0)
+    stop_requested: Callable[[], bool] = lambda: False  # a signal asked the run to stop: checkpoint and end
 
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
@@ -131,13 +133,16 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
         if spec.eval_rows and (state.step == spec.max_steps or (t.eval_steps and state.step % t.eval_steps == 0)):
             metrics.update(evaluate(model, objective, spec.eval_rows, t.micro_batch_size, rank, world,
                                     tokenizer.pad_token_id, spec.trainer, device))
-        if log and (state.step % t.logging_steps == 0 or state.step == stop_at):
+        stopping = bool(sharding.all_reduce_sum([float(hooks.stop_requested())], device)[0])  # every rank agrees
+        if log and (state.step % t.logging_steps == 0 or state.step == stop_at or stopping):
             log.log(state.step, metrics)
         if bar is not None:
             bar.set_description(f"train loss {metrics['loss']:.4f}")
             bar.update(1)
-        if state.step == stop_at or (t.save_steps and state.step % t.save_steps == 0):
+        if state.step == stop_at or stopping or (t.save_steps and state.step % t.save_steps == 0):
             _save(spec, model, optimizer, scheduler, state, tokenizer, hooks, metrics, rank)
+        if stopping:
+            break
     if log:
         log.close()
     if bar is not None:

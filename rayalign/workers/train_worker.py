@@ -2,8 +2,9 @@
 
 It joins Ray Train's torch.distributed group (set up by ``TorchTrainer``: gloo on CPU, nccl on GPU),
 fetches the tokenised rows from the object store, restores the latest checkpoint of this launch that Ray
-hands it after a worker failure, or else the one the driver chose for ``--resume``, and runs ``training.loop.train`` with hooks that
-report metrics and checkpoints back to Ray Train.
+hands it after a worker failure, or else the one the driver chose for ``--resume``, and runs
+``training.loop.train`` with hooks that report metrics and checkpoints back to Ray Train and see the
+driver's stop request (a file in ``OUTPUT_DIR``, written when the driver gets SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import ray.train
 from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
 from rayalign.training.loop import Hooks, LoopSpec, train
+
+STOP_FILE = ".stop-requested"  # written into OUTPUT_DIR by the driver on SIGINT/SIGTERM (shared storage)
 
 
 def _report(metrics: dict, checkpoint_dir: Path | None, name: str) -> None:
@@ -30,9 +33,12 @@ def train_loop_per_worker(config: dict) -> None:
     spec: LoopSpec = config["spec"]
     spec = dataclasses.replace(spec, train_rows=ray.get(config["train_rows"]),
                                eval_rows=ray.get(config["eval_rows"]) if config["eval_rows"] else None)
+    stop_file = Path(spec.training.output_dir) / STOP_FILE
+    hooks = Hooks(restored=config.get("resume_from"), report=_report, progress=ray_tqdm,
+                  stop_requested=stop_file.exists)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train(spec, Hooks(restored=config.get("resume_from"), report=_report, progress=ray_tqdm))
+        train(spec, hooks)
         return
     with checkpoint.as_directory() as restored:
-        train(spec, Hooks(restored=restored, report=_report, progress=ray_tqdm))
+        train(spec, dataclasses.replace(hooks, restored=restored))
