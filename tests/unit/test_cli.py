@@ -72,7 +72,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
     assert (code, err) == (2, f"error: {cfg}:4: training.lr: unknown key (known keys: output_dir, seed, "
                               "learning_rate, lr_scheduler, warmup_steps, weight_decay, max_grad_norm, "
                               "micro_batch_size, gradient_accumulation_steps, max_steps, num_epochs, "
-                              "logging_steps, eval_steps, save_steps, save_total_limit, resume, stop_after_steps, "
+                              "logging_steps, eval_steps, save_steps, save_total_limit, resume, overwrite, stop_after_steps, "
                               "max_failures)\n")
 
 
