@@ -28,6 +28,7 @@ quickstart: $(STAMP)
 	$(PY) examples/letter_count_pipeline.py --out outputs/quickstart --overwrite
 
 test: $(STAMP)
+	$(PY) -m bandit -q -r rayalign -lll  # high-severity findings fail CI before the tests run
 	$(PY) -m pytest tests/unit tests/integration tests/gpu
 
 test-unit: $(STAMP)

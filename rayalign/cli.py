@@ -27,6 +27,7 @@ app.add_typer(config_app, name="config")
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigOpt = typer.Option(..., "-c", "--config", help="recipe YAML file")
+ForceOpt = typer.Option(False, "--force", help="replace an output that already exists")
 
 
 def _check_format(fmt: str) -> str:
@@ -92,15 +93,18 @@ def serve(ctx: typer.Context,
 @app.command(context_settings=OVERRIDES)
 def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config", help="judge YAML"),
           source: Path = typer.Option(..., "--input", "-i", help="JSONL rows: prompt, response [, reference]"),
-          output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus judge_score etc.")) -> None:
+          output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus judge_score etc."),
+          force: bool = ForceOpt) -> None:
     """Score a dataset with an LLM judge (a local model on Ray Serve, or an OpenAI-compatible URL)."""
     from rayalign.config import JudgeConfig
     from rayalign.config_io import load_config
     from rayalign.judge.dataset import score_file
     from rayalign.judge.judge import Judge
     from rayalign.judge.service import endpoint, release
+    from rayalign.outputs import check_file
 
     cfg = load_config(config, ctx.args, kind=JudgeConfig)
+    check_file(output, "--output", force)
     try:
         score_file(Judge(cfg, endpoint(cfg)), source, output, typer.echo)
     finally:
@@ -112,27 +116,35 @@ def evaluate(ctx: typer.Context,
              config: Optional[Path] = typer.Option(None, "-c", "--config", help="evaluation YAML"),
              compare: Optional[tuple[Path, Path]] = typer.Option(
                  None, "--compare", help="two results.json files to print side by side"),
-             plot: Optional[Path] = typer.Option(None, "--plot", help="with --compare: the shares as a bar chart PNG")
+             plot: Optional[Path] = typer.Option(None, "--plot", help="with --compare: the shares as a bar chart PNG"),
+             force: bool = typer.Option(False, "--force", help="replace an existing results.json (or --plot file)")
              ) -> None:
     """Evaluate a model: verifiable tasks, multiple choice, perplexity, judge scores and win rates."""
-    if compare:
-        from rayalign.evaluate.run import compare as side_by_side, plot_shares
+    from rayalign.outputs import check_file
 
-        for path in compare:
-            if not path.is_file():
-                raise UserError(f"{path}: results file not found")
-        results = [json.loads(p.read_text()) for p in compare]
+    if compare:
+        from rayalign.evaluate.run import compare as side_by_side, plot_shares, read_results
+
+        if plot is not None:
+            if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+                raise UserError(f"--plot: {plot}: give a .png, .pdf or .svg file")
+            check_file(plot, "--plot", force)
+        results = [read_results(path) for path in compare]
         typer.echo(side_by_side(*results))
         if plot is not None:
             typer.echo(f"wrote {plot_shares(results, plot)}")
         return
+    if plot is not None:
+        raise UserError("--plot goes with --compare A/results.json B/results.json")
     if config is None:
         raise UserError("evaluate needs -c CONFIG (or --compare A/results.json B/results.json)")
     from rayalign.config import EvalConfig
     from rayalign.config_io import load_config
-    from rayalign.evaluate.run import evaluate as run_eval
+    from rayalign.evaluate.run import evaluate as run_eval, results_path
 
-    run_eval(load_config(config, ctx.args, kind=EvalConfig), typer.echo)
+    cfg = load_config(config, ctx.args, kind=EvalConfig)
+    check_file(results_path(cfg), "output_dir", force)
+    run_eval(cfg, typer.echo)
 
 
 @app.command("compare")
@@ -150,14 +162,20 @@ def compare_models(
     max_new_tokens: int = typer.Option(128, min=1),
     max_model_len: int = typer.Option(1024, min=2),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: each prompt with every answer"),
+    force: bool = ForceOpt,
 ) -> None:
     """Put several models' answers to the same prompts side by side, with their rewards."""
     from rayalign import compare as cmp
     from rayalign.engines.base import SamplingSpec
+    from rayalign.outputs import check_file
 
     if engine not in ("vllm", "hf"):
         raise UserError(f"--engine: '{engine}' is not one of vllm, hf")
+    if output is not None and interactive:
+        raise UserError("--output goes with fixed prompts, not --interactive")
     pairs = cmp.parse_models(models)
+    if output is not None:
+        check_file(output, "--output", force)
     rows = None if interactive else cmp.load_prompts(prompts, task, n, seed)
     scorer = cmp.reward_for(reward)
     spec = SamplingSpec(temperature=temperature, max_new_tokens=max_new_tokens, seed=0)
@@ -177,10 +195,12 @@ def infer(ctx: typer.Context,
           model: Optional[str] = typer.Option(None, "--model", help="model path or hub name (no config needed)"),
           interactive: bool = typer.Option(False, "--interactive", "-I", help="chat in the terminal"),
           source: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL rows with prompt or messages"),
-          output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: the rows plus response")) -> None:
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL: the rows plus response"),
+          force: bool = ForceOpt) -> None:
     """Chat with a model in the terminal, or generate for a JSONL file over Ray workers."""
     from rayalign.config_io import load_config
     from rayalign import infer as run
+    from rayalign.outputs import check_file
 
     if config is None and model is None:
         raise UserError("infer needs -c CONFIG or --model PATH_OR_NAME")
@@ -188,7 +208,11 @@ def infer(ctx: typer.Context,
         raise UserError("infer needs exactly one of --interactive and --input FILE (with --output FILE)")
     if source is not None and output is None:
         raise UserError("--input needs --output FILE")
+    if interactive and output is not None:
+        raise UserError("--output goes with --input FILE, not --interactive")
     cfg = load_config(config, (["--model.name_or_path", model] if model else []) + ctx.args)
+    if output is not None:
+        check_file(output, "--output", force)
     if interactive:
         run.interactive(cfg.model, cfg.infer, input, lambda text: typer.echo(text, nl=False))
     else:
@@ -234,21 +258,21 @@ def data_make(
     fmt: str = typer.Option("prompt", "--format", "-f", help="sft | preference | kto | prompt | text"),
     seed: int = typer.Option(0, help="generator seed"),
     split: str = typer.Option("train", help="train | test (letter_count: held-out words)"),
+    force: bool = ForceOpt,
 ) -> None:
     """Generate a built-in verifiable task as JSONL in any data format."""
     from rayalign.data.tasks import TASKS, generate, to_row
+    from rayalign.outputs import check_file, write_text
 
     if task not in TASKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
     _check_format(fmt)
+    check_file(out, "--out", force)
     try:
         examples = generate(task, n, seed, split)
     except KeyError as exc:
         raise UserError(f"--split: {exc.args[0]}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
-        for i, ex in enumerate(examples):
-            f.write(json.dumps(to_row(ex, fmt, i)) + "\n")
+    write_text(out, "".join(json.dumps(to_row(ex, fmt, i)) + "\n" for i, ex in enumerate(examples)))
     typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}")
 
 
@@ -258,11 +282,15 @@ def data_pairs(
     out: Path = typer.Option(..., "--out", "-o", help="output preference .jsonl"),
     reward: list[str] = typer.Option(["boxed_answer"], "--reward", "-r",
                                      help="reward function (built-in or module:fn); repeat to sum several"),
+    force: bool = ForceOpt,
 ) -> None:
     """Rank each prompt's sampled answers by reward: best vs. worst as a preference pair (on-policy DPO data)."""
     from rayalign.data.pairs import pairs_file
+    from rayalign.outputs import check_file, staged
 
-    counts = pairs_file(samples, out, reward)
+    check_file(out, "--out", force)
+    with staged(out) as tmp:  # pairs_file writes in place; staged keeps an earlier file until the new one is whole
+        counts = pairs_file(samples, tmp, reward)
     typer.echo(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had answers that "
                f"all scored the same); wrote {out}")
 
@@ -274,12 +302,17 @@ def models_create_tiny(
     layers: int = typer.Option(2, min=1), hidden: int = typer.Option(128, min=64),
     vocab: int = typer.Option(1024, help="BPE vocabulary size (upper bound)"),
     seed: int = typer.Option(0),
+    force: bool = ForceOpt,
 ) -> None:
     """Write a tiny random HF model with a task-trained BPE tokenizer (loads in HF and vLLM)."""
-    from rayalign.models.tiny import create_tiny
+    from rayalign.models.tiny import check_sizes, create_tiny
+    from rayalign.outputs import check_dir, staged
 
-    path = create_tiny(out, arch=arch, layers=layers, hidden=hidden, vocab=vocab, seed=seed)
-    typer.echo(f"tiny {arch} model written to {path}")
+    check_sizes(arch, hidden, vocab)
+    check_dir(out, "OUT", force)
+    with staged(out) as tmp:
+        create_tiny(tmp, arch=arch, layers=layers, hidden=hidden, vocab=vocab, seed=seed)
+    typer.echo(f"tiny {arch} model written to {out}")
 
 
 @config_app.command("explain", context_settings=OVERRIDES)
@@ -346,7 +379,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.TyperException as exc:  # typer's own click: unknown command, missing or bad option
         if debug:
             raise
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help went to stdout; its text is no error line
+            message = "missing command (listed above)"
+        else:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         typer.echo(f"error: {message}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -23,6 +23,7 @@ from rayalign.data.tasks import generate, to_row
 from rayalign.engines.base import GenerationEngine, SamplingSpec
 from rayalign.errors import DataError, UserError
 from rayalign.evaluate.generative import prompt_ids
+from rayalign.outputs import write_text
 from rayalign.rewards.registry import WeightedReward
 
 
@@ -120,8 +121,7 @@ def fixed(contenders: list[Contender], rows: list[dict], spec: SamplingSpec, rew
           output: Path | None, echo: Callable[[str], None]) -> list[dict]:
     records = side_by_side(contenders, rows, spec, reward)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_text(output, "".join(json.dumps(r) + "\n" for r in records))
     echo(render(records, rows))
     if output is not None:
         echo(f"wrote {output}")

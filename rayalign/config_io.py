@@ -179,6 +179,8 @@ class _Source:
 
 
 def _read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()

@@ -26,6 +26,7 @@ from rayalign.data.sources import iter_dicts
 from rayalign.engines.base import Completion, SamplingSpec
 from rayalign.errors import DataError, RunError
 from rayalign.models.loading import load_tokenizer
+from rayalign.outputs import staged
 
 
 def spec(cfg: InferConfig, n: int = 1) -> SamplingSpec:
@@ -72,8 +73,7 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
         raise RunError(f"{exc}; nothing was written to {target}") from None
     finally:
         stop(workers)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w") as f:
+    with staged(target) as tmp, tmp.open("w") as f:
         for row, group in zip(rows, results):
             f.write(json.dumps({**row, **output_fields(group, cfg.n)}) + "\n")
     tokens = sum(len(c.token_ids) for group in results for c in group)

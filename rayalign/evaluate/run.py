@@ -1,6 +1,9 @@
 """``rayalign evaluate -c eval.yaml``: every task of the config on one model, a table on the console and
 ``OUTPUT_DIR/results.json``; ``--compare A B`` prints two results side by side.
 
+An evaluation in which no task scored a single example (every judge verdict unparsed, say) writes its
+results and then fails (:class:`RunError`, exit 1): a run that measured nothing must not look like a success.
+
 The model is loaded at most twice, each lazily: as a generation engine (``engine``: vLLM or HF) for the
 generate and judge tasks, and as an HF model for the log-likelihood tasks (multiple choice, perplexity).
 A judge task's baseline model gets its own engine, closed after its answers. A local judge runs as its
@@ -21,11 +24,14 @@ from rayalign.config import EvalConfig, EvalTaskConfig, JudgeConfig, ModelConfig
 from rayalign.config_io import load_config
 from rayalign.engines.base import GenerationEngine
 from rayalign.engines.build import build_engine
-from rayalign.errors import UserError
+from rayalign.errors import RunError, UserError
 from rayalign.evaluate import generative, loglik
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
 from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.outputs import staged, write_text
+
+RESULTS = "results.json"
 
 
 class Subject:
@@ -99,16 +105,60 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
                                            "seconds": round(time.perf_counter() - start, 2)}
     finally:
         subject.close()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    target = write_text(results_path(cfg), json.dumps(results, indent=2) + "\n")
     echo(table(results))
-    echo(f"wrote {out / 'results.json'}")
+    echo(f"wrote {target}")
+    _refuse_empty(results, echo)
     return results
+
+
+def results_path(cfg: EvalConfig) -> Path:
+    return Path(cfg.output_dir) / RESULTS
+
+
+SCORES = ("accuracy", "perplexity", "judge_score", "win_rate")  # one per kind; NaN when nothing was scored
+
+
+def unscored(results: dict) -> list[str]:
+    """The tasks that scored no example: none of their scores is a number (a judge that parsed no verdict)."""
+    return [name for name, metrics in results["tasks"].items()
+            if not any(_number(metrics.get(k)) and not math.isnan(metrics[k]) for k in SCORES)]
+
+
+def _refuse_empty(results: dict, echo: Callable[[str], None]) -> None:
+    """Fail when every task scored nothing (the results are written already); warn when some did."""
+    tasks = results["tasks"]
+    empty = [name + (f" ({tasks[name]['unparsed']} of {tasks[name].get('n')} verdicts unparsed)"
+                     if "unparsed" in tasks[name] else "") for name in unscored(results)]
+    if empty and len(empty) == len(tasks):
+        raise RunError(f"no task scored an example: {', '.join(empty)}")
+    for task in empty:
+        echo(f"warning: task {task} scored no example")
 
 
 HEADLINE = ("accuracy", "best_constant", "sampled_accuracy", "format_rate", "mean_answer_tokens", "accuracy_norm",
             "perplexity", "judge_score", "win_rate")
+
+
+def read_results(path: Path) -> dict:
+    """A ``results.json`` written by ``evaluate``, for ``--compare``; anything else is one line naming it."""
+    if path.is_dir():
+        raise UserError(f"{path}: a directory, not a results file (give its {RESULTS})")
+    if not path.is_file():
+        raise UserError(f"{path}: results file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a results file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not a results file (invalid JSON: {exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not (isinstance(data, dict) and isinstance(data.get("model"), str) and isinstance(data.get("tasks"), dict)
+            and all(isinstance(m, dict) for m in data["tasks"].values())):
+        raise UserError(f"{path}: not a results file of 'rayalign evaluate' (needs 'model' and 'tasks': "
+                        "{task: {metric: value}})")
+    return data
 
 
 def _rows(results: dict) -> dict[tuple[str, str], float]:
@@ -117,9 +167,13 @@ def _rows(results: dict) -> dict[tuple[str, str], float]:
         for key, value in metrics.items():
             if key in HEADLINE or key in ("n", "tokens", "unparsed"):
                 rows[name, key] = value
-            elif key == "accuracy_by_answer":
+            elif key == "accuracy_by_answer" and isinstance(value, dict):
                 rows.update({(name, f"accuracy[{answer}]"): v for answer, v in value.items()})
     return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _fmt(value: float | None) -> str:
@@ -142,7 +196,7 @@ def compare(a: dict, b: dict) -> str:
              f"{'task':<24} {'metric':<20} {'A':>10} {'B':>10} {'B - A':>10}"]
     for key in list(ra) + [k for k in rb if k not in ra]:
         va, vb = ra.get(key), rb.get(key)
-        delta = vb - va if va is not None and vb is not None else None
+        delta = vb - va if _number(va) and _number(vb) else None
         lines.append(f"{key[0]:<24} {key[1]:<20} {_fmt(va):>10} {_fmt(vb):>10} {_fmt(delta):>10}")
     return "\n".join(lines)
 
@@ -154,9 +208,12 @@ def plot_shares(results: list[dict], path: Path) -> Path:
     """The metrics that are shares (0-1) of each results file as grouped bars, one group per model."""
     from rayalign.plots import results_bars
 
-    rows = [{f"{task}: {key}": value for (task, key), value in _rows(r).items() if key in SHARES} for r in results]
+    rows = [{f"{task}: {key}": value for (task, key), value in _rows(r).items()
+             if key in SHARES and _number(value)} for r in results]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     if not keys:
         raise UserError("--plot: the results hold no accuracy, format rate or win rate to draw")
     labels = [f"{chr(65 + i)}: {'/'.join(Path(r['model']).parts[-2:])}" for i, r in enumerate(results)]
-    return results_bars(dict(zip(labels, rows)), keys, path, "evaluation results")
+    with staged(path) as tmp:
+        results_bars(dict(zip(labels, rows)), keys, tmp, "evaluation results")
+    return path

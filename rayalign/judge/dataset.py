@@ -18,6 +18,7 @@ from tqdm import tqdm
 from rayalign.data.sources import iter_dicts
 from rayalign.errors import DataError, RunError
 from rayalign.judge.judge import Judge, JudgeItem, Verdict
+from rayalign.outputs import staged
 
 
 def as_text(value: Any) -> str:
@@ -64,8 +65,7 @@ def score_file(judge: Judge, source: Path, target: Path, echo: Callable[[str], N
             bar.set_postfix(parsed=parsed)
 
         verdicts = judge.score(items, tick)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w") as f:
+    with staged(target) as tmp, tmp.open("w") as f:
         for row, v in zip(rows, verdicts):
             f.write(json.dumps({**row, "judge_score": v.score, "judge_raw": v.raw, "judge_attempts": v.attempts,
                                 "judge_error": v.error}) + "\n")

@@ -56,15 +56,19 @@ def train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def create_tiny(out: str | Path, arch: str = "qwen2", layers: int = 2, hidden: int = 128,
-                vocab: int = 1024, max_positions: int = 1024, seed: int = 0) -> Path:
-    """Write a tiny random ``arch`` model with a task-trained tokenizer to ``out``; returns the path."""
+def check_sizes(arch: str, hidden: int, vocab: int) -> None:
     if hidden % HEAD_DIM:
         raise UserError(f"--hidden must be a multiple of {HEAD_DIM} (head_dim), got {hidden}")
     if vocab < 300:
         raise UserError(f"--vocab must be at least 300 (256 bytes + special tokens), got {vocab}")
     if arch not in ("qwen2", "llama"):
         raise UserError(f"--arch must be qwen2 or llama, got '{arch}'")
+
+
+def create_tiny(out: str | Path, arch: str = "qwen2", layers: int = 2, hidden: int = 128,
+                vocab: int = 1024, max_positions: int = 1024, seed: int = 0) -> Path:
+    """Write a tiny random ``arch`` model with a task-trained tokenizer to ``out``; returns the path."""
+    check_sizes(arch, hidden, vocab)
     tokenizer = train_tokenizer(vocab)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     common = dict(
