@@ -28,6 +28,7 @@ from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, read
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
 from rayalign.errors import RunError, UserError
+from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
 from rayalign.recipes.common import check_resume, local_paths
@@ -82,6 +83,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     out = Path(cfg.training.output_dir).resolve()
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
+    check_model(cfg.model)  # damaged files, LoRA targets: before any worker loads it
     train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
     if not ray.is_initialized():
         ray.init()

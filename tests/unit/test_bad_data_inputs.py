@@ -211,7 +211,9 @@ def test_sft_all_rows_dropped_is_a_data_error(tiny_model_dir, tiny_tokenizer, tm
                               f"assistant token to learn from (first: {data}:1); raise data.train.max_length")
 
 
-def test_pretrain_and_preference_say_what_was_cut(tiny_model_dir, tiny_tokenizer, tmp_path, no_ray):
+def test_pretrain_preference_and_prompts_say_what_was_cut(tiny_model_dir, tiny_tokenizer, tmp_path, no_ray):
+    from rayalign.recipes.grpo import prepare_prompts
+
     data = write_rows(tmp_path / "t.jsonl", [{"text": "short"}, {"text": WORDS * 40}])
     cfg = recipe("pretrain", "text", data, tiny_model_dir)
     notes = []
@@ -225,6 +227,14 @@ def test_pretrain_and_preference_say_what_was_cut(tiny_model_dir, tiny_tokenizer
     dpo.prepare(cfg, tiny_tokenizer, {"train": load_split(cfg.data.train)}, echo=notes.append)
     assert notes == [f"data.train: 1 of 2 rows are longer than max_length 64 tokens and were truncated to it (the "
                      f"prompt keeps its end, the completion its start) (first: {data}:1)"]
+    data = write_rows(tmp_path / "q.jsonl", [{"prompt": "q", "answer": "1"}, {"prompt": WORDS * 40, "answer": "2"}])
+    cfg = recipe("grpo", "prompt", data, tiny_model_dir, rollout={"max_new_tokens": 32},
+                 algorithm={"prompts_per_step": 2}, reward={"functions": [{"name": "boxed_answer"}]})
+    notes.clear()
+    prompts = prepare_prompts(cfg, tiny_tokenizer, load_split(cfg.data.train), echo=notes.append)
+    assert [len(p["ids"]) for p in prompts] == [1, 32] and prompts[1]["metadata"] == {"answer": "2"}
+    assert notes == [f"data.train: 1 of 2 prompts are longer than 32 tokens (data.train.max_length 64 - "
+                     f"rollout.max_new_tokens 32) and were cut to their last 32 tokens (first: {data}:2)"]
 
 
 # --- hostile rows: bounded work, same tokens ------------------------------------------------------------
@@ -320,8 +330,26 @@ def test_train_names_the_bad_input_in_one_line(sft_run, model_copy, tiny_model_d
     assert train(capsys, "-c", cfg, "--training.micro_batch_size", 2, "--training.gradient_accumulation_steps", 2) \
         == ("training.micro_batch_size 2 x training.gradient_accumulation_steps 2 x scaling.num_workers 1 = 4 > 3 rows "
             "in data.train: a step would repeat rows; make the step smaller or add rows")
+    assert train(capsys, "-c", cfg, "--model.lora.target_modules", "[q_proj, qkv]").startswith(
+        "model.lora.target_modules: qkv matches no Linear or Embedding layer of the model; its layers are named "
+        "embed_tokens, q_proj,")
     config = json.loads((model_copy / "config.json").read_text())
     (model_copy / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
     assert train(capsys, "-c", cfg).startswith(
         f"model.name_or_path: the tokenizer '{model_copy}' has 1024 tokens but the model '{model_copy}' has 1000 "
         "embedding rows (vocab_size)")
+    (model_copy / "config.json").write_text(json.dumps(config))
+    weights = model_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    assert train(capsys, "-c", cfg) == (f"model.name_or_path: {weights} is damaged or truncated (Error while "
+                                        "deserializing header: incomplete metadata, file not fully covered)")
+
+
+def test_grpo_step_larger_than_the_prompts_is_refused(tiny_model_dir, tmp_path, capsys, no_ray):
+    data = write_rows(tmp_path / "p.jsonl", [{"prompt": f"{i} + 1?", "answer": str(i + 1)} for i in range(3)])
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(f"trainer: grpo\nmodel:\n  name_or_path: {tiny_model_dir}\ndata:\n  train:\n    format: prompt\n"
+                   f"    datasets:\n      - path: {data}\n    max_length: 64\nrollout:\n  max_new_tokens: 32\n"
+                   "reward:\n  functions:\n    - name: boxed_answer\n")
+    assert train(capsys, "-c", cfg) == ("algorithm.prompts_per_step 8 > 3 rows in data.train: a step would repeat "
+                                        "rows; make the step smaller or add rows")
