@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
 Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
 
 class Section(BaseModel):
@@ -46,7 +47,8 @@ class ModelConfig(Section):
         "float32", description="parameter dtype when loading"
     )
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
-    attn_implementation: str | None = Field("sdpa", description="transformers attention backend")
+    attn_implementation: AttnImplementation | None = Field(
+        "sdpa", description="transformers attention backend; null: transformers' default")
     lora: LoraConfig | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning")
 
 

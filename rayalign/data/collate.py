@@ -4,7 +4,8 @@ A completion is tokenised apart from its prompt (as TRL does), so the prompt/com
 never merges into one BPE token. Conversational rows render through the chat template: the prompt
 with the generation prompt, the completion as the rest of the rendered conversation up to the end of
 the turn (its end-of-turn token included, the template's trailing newline not). Flat-string rows are
-used as they are, with EOS appended to the completion.
+used as they are, with EOS appended to the completion. Prompts keep their end and completions their
+start; text beyond ``char_budget`` on the cut side is dropped before templating (``data.tokenize``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,26 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rayalign.batch import KTOBatch, PreferenceBatch, RolloutBatch, SFTBatch
-from rayalign.data.tokenize import IGNORE, _render
+from rayalign.data.tokenize import IGNORE, _render, char_budget, clip_messages
 from rayalign.errors import DataError
 
 Tokens = dict[str, Any]
 
 
-def split_prompt_completion(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any) -> tuple[str, str]:
-    """(prompt text, completion text) for a string pair or a message-list pair."""
+def _clip(value: Any, budget: int | None, keep: str) -> Any:
+    """A string or message list cut to what ``budget`` characters at its head or tail can show."""
+    if budget is None:
+        return value
+    if isinstance(value, str):
+        return value[:budget] if keep == "head" else value[-budget:]
+    return clip_messages(value, budget, keep)
+
+
+def split_prompt_completion(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any,
+                            budget: int | None = None) -> tuple[str, str]:
+    """(prompt text, completion text) for a string pair or a message-list pair; with ``budget``, only
+    the prompt's last and the completion's first ``budget`` characters."""
+    prompt, completion = _clip(prompt, budget, "tail"), _clip(completion, budget, "head")
     if isinstance(prompt, str) and isinstance(completion, str):
         return prompt, completion + (tokenizer.eos_token or "")
     prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -32,7 +45,7 @@ def split_prompt_completion(tokenizer: PreTrainedTokenizerBase, prompt: Any, com
     full = _render(tokenizer, prompt_msgs + completion_msgs, False)
     if not full.startswith(head):
         raise DataError("the tokenizer's chat template does not render prompt + completion prefix-stably")
-    return head, full[len(head):].rstrip()
+    return _clip(head, budget, "tail"), _clip(full[len(head):].rstrip(), budget, "head")
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -48,31 +61,51 @@ def _fit(prompt: list[int], completion: list[int], max_length: int) -> tuple[lis
     return prompt, completion[: max_length - len(prompt)]
 
 
+def _pair(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any,
+          max_length: int) -> tuple[list[int], list[int]]:
+    head, tail = split_prompt_completion(tokenizer, prompt, completion, char_budget(tokenizer, max_length))
+    return _ids(tokenizer, head), _ids(tokenizer, tail)
+
+
+def _longer(pairs: list[tuple[list[int], list[int]]], max_length: int) -> bool:
+    return any(len(p) + len(c) > max_length for p, c in pairs)
+
+
 def tokenize_preference(tokenizer: PreTrainedTokenizerBase, row: dict, max_length: int) -> Tokens:
-    """``{"chosen": (prompt_ids, completion_ids), "rejected": (...)}`` for one preference row."""
-    out = {}
-    for side in ("chosen", "rejected"):
-        head, tail = split_prompt_completion(tokenizer, row["prompt"], row[side])
-        out[side] = _fit(_ids(tokenizer, head), _ids(tokenizer, tail), max_length)
+    """``{"chosen": (prompt_ids, completion_ids), "rejected": (...)}`` for one preference row;
+    ``truncated`` says whether either side was longer than ``max_length``."""
+    pairs = {side: _pair(tokenizer, row["prompt"], row[side], max_length) for side in ("chosen", "rejected")}
+    out: Tokens = {side: _fit(*pair, max_length) for side, pair in pairs.items()}
+    out["truncated"] = _longer(list(pairs.values()), max_length)
     return out
 
 
 def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: Any, max_length: int) -> Tokens:
-    """One KTO row plus its KL pair: the same prompt with another row's completion."""
-    head, tail = split_prompt_completion(tokenizer, row["prompt"], row["completion"])
-    _, kl_tail = split_prompt_completion(tokenizer, row["prompt"], kl_completion)
-    prompt = _ids(tokenizer, head)
-    return {"pair": _fit(prompt, _ids(tokenizer, tail), max_length),
-            "kl": _fit(prompt, _ids(tokenizer, kl_tail), max_length), "label": bool(row["label"])}
+    """One KTO row plus its KL pair: the same prompt with another row's completion (``truncated``: the
+    row's own pair was longer than ``max_length``)."""
+    pair = _pair(tokenizer, row["prompt"], row["completion"], max_length)
+    kl = _pair(tokenizer, row["prompt"], kl_completion, max_length)
+    return {"pair": _fit(*pair, max_length), "kl": _fit(*kl, max_length), "label": bool(row["label"]),
+            "truncated": _longer([pair], max_length)}
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any,
+               max_length: int | None) -> tuple[list[int], bool]:
+    """A prompt's ids (RL, serving, evaluation): a message list through the chat template with the
+    generation prompt, a plain string as it is (as TRL's GRPO does); only the last ``max_length`` kept
+    (None: all of it). The flag says whether there were more."""
+    budget = None if max_length is None else char_budget(tokenizer, max_length)
+    prompt = _clip(prompt, budget, "tail")
+    text = prompt if isinstance(prompt, str) else _render(tokenizer, prompt, True)
+    ids = _ids(tokenizer, _clip(text, budget, "tail"))
+    if max_length is None or len(ids) <= max_length:
+        return ids, False
+    return ids[-max_length:], True
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any, max_length: int | None) -> list[int]:
-    """A prompt's ids (RL, serving, evaluation): a message list through the chat template with the
-    generation prompt, a plain string as it is (as TRL's GRPO does); the end is kept when longer than
-    ``max_length`` (None: all of it)."""
-    text = prompt if isinstance(prompt, str) else _render(tokenizer, prompt, True)
-    ids = _ids(tokenizer, text)
-    return ids if max_length is None else ids[-max_length:]
+    """``fit_prompt``'s ids."""
+    return fit_prompt(tokenizer, prompt, max_length)[0]
 
 
 def pad_pairs(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:

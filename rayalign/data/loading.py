@@ -3,6 +3,8 @@
 ``load_split`` stops at the first bad row with ``path:line: field 'x' ...``; an empty source is an
 error, never a silent 0-step run. ``validate_file`` checks a whole file and reports every bad row.
 Mixtures use ``datasets.interleave_datasets`` with the normalised weights as sampling probabilities.
+Each row's ``file:line`` rides along in a hidden column, so a later stage (tokenisation dropping an
+over-long row) can still name it after mixing and shuffling: ``row_location``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from rayalign.config import DatasetSource, DataSplitConfig
 from rayalign.data.formats import check_row
 from rayalign.data.sources import BadJSON, iter_rows
 from rayalign.errors import DataError
+
+WHERE = "__rayalign_location__"  # hidden column: the row's file:line
 
 
 def _row_problem(row, fmt: str) -> str | None:
@@ -29,27 +33,30 @@ def _row_problem(row, fmt: str) -> str | None:
 
 
 def load_source(source: DatasetSource, fmt: str) -> datasets.Dataset:
-    """All rows of one source, validated as ``fmt``; raises on the first bad row."""
-    rows = []
+    """All rows of one source, validated as ``fmt``, with their locations (column ``WHERE``); raises on
+    the first bad row."""
+    rows, where = [], []
     for location, row in iter_rows(source.path, source.split):
         problem = _row_problem(row, fmt)
         if problem:
             raise DataError(f"{location}: {problem} (format '{fmt}'; "
                             f"`rayalign data validate {source.path} --format {fmt}` lists every bad row)")
         rows.append(row)
+        where.append(location)
         if source.limit is not None and len(rows) >= source.limit:
             break
     if not rows:
         raise DataError(f"{source.path}: dataset is empty (no rows to train on)")
     try:
-        return datasets.Dataset.from_list(rows)
+        return datasets.Dataset.from_list(rows).add_column(WHERE, where)
     except Exception as exc:  # pyarrow: a column holding different types in different rows
         raise DataError(f"{source.path}: rows disagree on a field's type ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0]}); use one form per field within a file") from None
 
 
 def load_split(split: DataSplitConfig, seed: int = 42) -> datasets.Dataset:
-    """The mixed, optionally shuffled dataset of one split (train or eval)."""
+    """The mixed, optionally shuffled dataset of one split (train or eval); rows read without their
+    location column (``row_location`` reads it)."""
     parts = [load_source(src, split.format) for src in split.datasets]
     if len(parts) == 1:
         ds = parts[0]
@@ -63,7 +70,15 @@ def load_split(split: DataSplitConfig, seed: int = 42) -> datasets.Dataset:
         except ValueError as exc:
             names = ", ".join(src.path for src in split.datasets)
             raise DataError(f"cannot mix {names}: {str(exc).splitlines()[0]}") from None
-    return ds.shuffle(seed=seed) if split.shuffle else ds
+    ds = ds.shuffle(seed=seed) if split.shuffle else ds
+    return ds.with_format(columns=[c for c in ds.column_names if c != WHERE])
+
+
+def row_location(rows, index: int) -> str:
+    """``file:line`` of row ``index`` of a ``load_split`` dataset; ``row N`` for rows from elsewhere."""
+    if isinstance(rows, datasets.Dataset) and WHERE in rows.column_names:
+        return rows.with_format(columns=[WHERE])[index][WHERE]
+    return f"row {index + 1}"
 
 
 @dataclass

@@ -50,32 +50,68 @@ def iter_dicts(path: str, split: str = "train") -> Iterator[tuple[str, dict]]:
         yield where, row
 
 
-def _iter_file(p: Path) -> Iterator[tuple[str, Any]]:
-    suffix = p.suffix.lower()
-    if suffix == ".jsonl":
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{p}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{p}:{lineno}", BadJSON(f"invalid JSON: {exc.msg} at column {exc.colno}")
-    elif suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{p}: a .json dataset must be a list of row objects")
-        for i, row in enumerate(data):
-            yield f"{p}:row {i + 1}", row
-    elif suffix == ".parquet":
-        import datasets
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> tuple[int, str]:
+    """(line within ``raw``, "not UTF-8 (byte 0xff at column 5)") for the first byte that does not decode."""
+    line_start = raw.rfind(b"\n", 0, exc.start) + 1
+    column = len(raw[line_start:exc.start].decode("utf-8", "replace")) + 1
+    return raw.count(b"\n", 0, exc.start) + 1, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column})"
 
-        yield from _iter_hf(datasets.Dataset.from_parquet(str(p)), str(p))
-    else:
+
+def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
+    """Line by line, as bytes: a line that is not UTF-8 is a bad row like one that is not JSON."""
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"{p}:{lineno}", BadJSON(_not_utf8(raw, exc)[1])
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield f"{p}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"{p}:{lineno}", BadJSON(f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
+    raw = p.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line, problem = _not_utf8(raw, exc)
+        raise DataError(f"{p}:{line}: {problem}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{p}: a .json dataset must be a list of row objects")
+    for i, row in enumerate(data):
+        yield f"{p}:row {i + 1}", row
+
+
+def _iter_parquet(p: Path) -> Iterator[tuple[str, Any]]:
+    """Batch by batch with pyarrow (no copy into the HF cache); a file that is not Parquet is one line."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(p).iter_batches()
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{p}:row {n}", row
+    except (pyarrow.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: not a readable Parquet file ({first})") from None
+
+
+def _iter_file(p: Path) -> Iterator[tuple[str, Any]]:
+    readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}
+    suffix = p.suffix.lower()
+    if suffix not in readers:
         raise DataError(f"{p}: unsupported file type '{suffix}' (use .jsonl, .json or .parquet)")
+    yield from readers[suffix](p)
 
 
 def _load_saved(p: Path, split: str):

@@ -1,4 +1,9 @@
-"""Loading any HF causal LM and its tokenizer from a ``ModelConfig``; optional LoRA via peft."""
+"""Loading any HF causal LM and its tokenizer from a ``ModelConfig``; optional LoRA via peft.
+
+A load that fails says so in one line naming the config key: the damaged file when a local directory
+has one (``models.checks``), else transformers' own first line. A tokenizer bigger than the model's
+embedding and LoRA targets that name no layer are refused here too, before they fail deep in a step.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from rayalign.config import ModelConfig
 from rayalign.config_io import recipes_writing
 from rayalign.errors import UserError
+from rayalign.models.checks import check_lora_targets, check_vocab, damaged_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def _load_error(what: str, name: str, exc: Exception) -> UserError:
+def _load_error(what: str, name: str, exc: Exception, key: str = "model.name_or_path") -> UserError:
+    damaged = damaged_file(name)
+    if damaged:
+        return UserError(f"{key}: {damaged}")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError(f"model.name_or_path: cannot load {what} '{name}': {first}")
+    return UserError(f"{key}: cannot load {what} '{name}': {first}")
 
 
 def _looks_local(name: str) -> bool:
@@ -43,25 +52,35 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise _load_error("tokenizer", name, exc) from None
+        key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+        raise _load_error("tokenizer", name, exc, key) from None
     if tok.pad_token is None:  # batching needs one; the EOS token is the usual stand-in
         tok.pad_token = tok.eos_token
+    check_vocab(tok, cfg)
     return tok
 
 
 def load_model(cfg: ModelConfig, *, apply_lora: bool = True) -> PreTrainedModel:
     """The model with ``cfg.dtype``; wrapped in a peft LoRA model when ``cfg.lora`` is set."""
+    from safetensors import SafetensorError
+
     check_local(cfg.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=DTYPES[cfg.dtype],
             trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
         )
-    except (OSError, ValueError) as exc:
+    except ImportError as exc:  # the package behind a flash attention backend is not installed
+        if not (cfg.attn_implementation or "").startswith("flash"):
+            raise
+        raise UserError(f"model.attn_implementation: {cfg.attn_implementation} cannot be used here "
+                        f"({str(exc).strip().splitlines()[0]}); use sdpa or eager") from None
+    except (OSError, ValueError, SafetensorError) as exc:
         raise _load_error("model", cfg.name_or_path, exc) from None
     if cfg.lora is not None and apply_lora:
         from peft import LoraConfig, get_peft_model
 
+        check_lora_targets(model, cfg.lora.target_modules)
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",

@@ -1,11 +1,44 @@
-"""What every training driver does to its config before it starts workers (the output directory's
-rules live in ``recipes/output_dir.py``)."""
+"""What every training driver does to its config and data before it starts workers: make local paths
+absolute and refuse a step larger than the data (the output directory's rules live in
+``recipes/output_dir.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rayalign.config import RecipeConfig
+from rayalign.errors import UserError
+
+
+def tokenize_splits(cfg: RecipeConfig, splits: dict, tokenize_split, tokenizer,
+                    echo) -> tuple[list[dict], list[dict] | None]:
+    """(train rows, eval rows) through a recipe's ``tokenize_split``; its notes (rows that did not fit
+    max_length) go to ``echo``, then the step is checked against the train rows left."""
+    out: dict[str, list[dict] | None] = {"eval": None}
+    for name in ("train", "eval"):
+        split = getattr(cfg.data, name)
+        if split is not None:
+            out[name], notes = tokenize_split(splits[name], split, tokenizer, cfg.trainer, name)
+            for note in notes:
+                echo(note)
+    check_step_fits(cfg, len(out["train"]))
+    return out["train"], out["eval"]
+
+
+def check_step_fits(cfg: RecipeConfig, rows: int) -> None:
+    """A step takes distinct rows: one larger than the training data would take some twice (``DataOrder``
+    wraps around within the step), so it is refused with the keys that size it."""
+    if cfg.trainer == "grpo":
+        size = cfg.algorithm.prompts_per_step
+        sized = f"algorithm.prompts_per_step {size}"
+    else:
+        t, s = cfg.training, cfg.scaling
+        size = t.micro_batch_size * t.gradient_accumulation_steps * s.num_workers
+        sized = (f"training.micro_batch_size {t.micro_batch_size} x training.gradient_accumulation_steps "
+                 f"{t.gradient_accumulation_steps} x scaling.num_workers {s.num_workers} = {size}")
+    if size > rows:
+        raise UserError(f"{sized} > {rows} rows in data.train: a step would repeat rows; make the step "
+                        "smaller or add rows")
 
 
 def local_paths(cfg: RecipeConfig) -> RecipeConfig:

@@ -17,34 +17,48 @@ Reference-free losses (SimPO, ORPO) skip the reference entirely.
 
 from __future__ import annotations
 
+from functools import partial
+
 from tqdm import tqdm
 
 from rayalign.algorithms.preference import REFERENCE_FREE
 from rayalign.config import DataSplitConfig, RecipeConfig
 from rayalign.data.collate import tokenize_kto, tokenize_preference
+from rayalign.data.loading import row_location
+from rayalign.data.tokenize import Overlong
+from rayalign.recipes.common import tokenize_splits
 from rayalign.workers.reference import score_reference
 
+TRUNCATED = "were truncated to it (the prompt keeps its end, the completion its start)"
 
-def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str, name: str) -> list[dict]:
+
+def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str,
+                   name: str) -> tuple[list[dict], list[str]]:
+    """The split's rows as token lists, and a note on the rows longer than max_length."""
+    over = Overlong(f"data.{name}", f"max_length {split.max_length} tokens")
     out = []
     for i, row in enumerate(tqdm(rows, desc=f"tokenize {name}", disable=len(rows) < 5000)):
         if trainer == "kto":  # KL pair: this prompt with the previous row's completion (TRL's shift)
             partner = rows[i - 1]["completion"]
-            out.append(tokenize_kto(tokenizer, row, partner, split.max_length))
+            ex = tokenize_kto(tokenizer, row, partner, split.max_length)
         else:
-            out.append(tokenize_preference(tokenizer, row, split.max_length))
-    return out
+            ex = tokenize_preference(tokenizer, row, split.max_length)
+        over.add(i, TRUNCATED if ex.pop("truncated") else None)
+        out.append(ex)
+    return out, over.notes(partial(row_location, rows))
 
 
-def prepare(cfg: RecipeConfig, tokenizer, splits: dict) -> tuple[list[dict], list[dict] | None]:
-    """Tokenised rows, with reference log-probs attached when the loss needs them precomputed."""
-    train = tokenize_split(splits["train"], cfg.data.train, tokenizer, cfg.trainer, "train")
-    evals = tokenize_split(splits["eval"], cfg.data.eval, tokenizer, cfg.trainer, "eval") if cfg.data.eval else None
+def prepare(cfg: RecipeConfig, tokenizer, splits: dict, echo=print) -> tuple[list[dict], list[dict] | None]:
+    """Tokenised rows; rows longer than max_length are noted through ``echo``."""
+    return tokenize_splits(cfg, splits, tokenize_split, tokenizer, echo)
+
+
+def with_reference(cfg: RecipeConfig, train: list[dict], evals: list[dict] | None,
+                   pad_id: int) -> tuple[list[dict], list[dict] | None]:
+    """The rows with reference log-probs attached when the loss needs them precomputed (Ray must be up:
+    the expensive pass, run after the resource check)."""
     needs_ref = cfg.trainer == "kto" or cfg.preference.loss_type not in REFERENCE_FREE
     if needs_ref and cfg.preference.reference == "precompute":
-        from rayalign import local_ray
-
-        local_ray.ensure()
-        train = score_reference(cfg, train, tokenizer.pad_token_id)
-        evals = score_reference(cfg, evals, tokenizer.pad_token_id) if evals else None
+        train = score_reference(cfg, train, pad_id)
+        evals = score_reference(cfg, evals, pad_id) if evals else None
     return train, evals

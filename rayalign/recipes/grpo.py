@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,14 +40,16 @@ from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overl
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
 from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.config_io import load_config
-from rayalign.data.collate import collate_rollout, tokenize_prompt
-from rayalign.data.loading import load_split
+from rayalign.data.collate import collate_rollout, fit_prompt
+from rayalign.data.loading import load_split, row_location
+from rayalign.data.tokenize import Overlong
 from rayalign.engines.base import SamplingSpec
 from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, PhaseTimer
+from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
-from rayalign.recipes.common import local_paths
+from rayalign.recipes.common import check_step_fits, local_paths
 from rayalign.recipes.interrupt import GracefulStop
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.rewards.builtin import boxed_answer
@@ -57,12 +60,23 @@ from rayalign.workers.reward import Sample
 from rayalign.workers.roles import RLRoles
 
 
-def prepare_prompts(cfg: RecipeConfig, tokenizer, rows) -> list[dict]:
-    """Each prompt row as its token ids (leaving room for ``max_new_tokens``), the prompt as the reward
-    functions see it, and the row's other fields as their metadata."""
-    budget = cfg.data.train.max_length - cfg.rollout.max_new_tokens
-    return [{"ids": tokenize_prompt(tokenizer, row["prompt"], budget), "prompt": row["prompt"],
-             "metadata": {k: v for k, v in row.items() if k != "prompt" and v is not None}} for row in rows]
+def prepare_prompts(cfg: RecipeConfig, tokenizer, rows, echo=print) -> list[dict]:
+    """Each prompt row as its token ids (its end, leaving room for ``max_new_tokens``; longer prompts are
+    noted through ``echo``), the prompt as the reward functions see it, and the row's other fields as
+    their metadata. A step of more prompts than there are is refused."""
+    max_length, room = cfg.data.train.max_length, cfg.rollout.max_new_tokens
+    over = Overlong("data.train", f"{max_length - room} tokens (data.train.max_length {max_length} - "
+                                  f"rollout.max_new_tokens {room})")
+    prompts = []
+    for i, row in enumerate(rows):
+        ids, cut = fit_prompt(tokenizer, row["prompt"], max_length - room)
+        over.add(i, f"were cut to their last {max_length - room} tokens" if cut else None)
+        prompts.append({"ids": ids, "prompt": row["prompt"],
+                        "metadata": {k: v for k, v in row.items() if k != "prompt" and v is not None}})
+    for note in over.notes(partial(row_location, rows), unit="prompts"):
+        echo(note)
+    check_step_fits(cfg, len(prompts))
+    return prompts
 
 
 def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) -> dict[str, float]:
@@ -136,7 +150,8 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
     judge = reward_judge(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed))
+    check_model(cfg.model)  # damaged files, LoRA targets: before any actor loads it
+    prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed), echo)
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
     with claim(cfg, echo) as c:
         check_unfinished(c, max_steps)

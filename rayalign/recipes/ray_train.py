@@ -1,7 +1,8 @@
 """The driver of every Ray Train trainer (SFT, pretraining, DPO family): one function, ``run``.
 
-1. validate + tokenise the data on the driver (``recipes/sft.py`` or ``recipes/dpo.py``; the DPO
-   family also runs its reference pass there), put the rows in the object store;
+1. on the driver: validate the data and the model's files, claim ``OUTPUT_DIR`` (``recipes/output_dir.py``),
+   tokenise (``recipes/sft.py`` or ``recipes/dpo.py``), start or join Ray and check its resources, then
+   the DPO family's reference pass; the rows go to the object store;
 2. ``TorchTrainer`` with ``scaling.num_workers`` workers (gloo on CPU, nccl with ``use_gpu``), storage at
    ``OUTPUT_DIR`` (checkpoints in ``OUTPUT_DIR/checkpoints``, ``save_total_limit`` kept), and
    ``FailureConfig(training.max_failures)``: a dead worker restarts the group from the last checkpoint;
@@ -10,7 +11,8 @@
 ``training.resume: auto`` (``--resume``) continues the run stored in ``OUTPUT_DIR`` from its latest complete
 checkpoint (``recipes/output_dir.py`` decides; the workers get its path). Within a launch, a worker
 failure restarts the group from the latest checkpoint Ray Train got. Works the same on the embedded local
-Ray and on a cluster (``ray job submit``), where ``OUTPUT_DIR`` must be shared storage.
+Ray and on a cluster (``ray job submit``), where ``OUTPUT_DIR`` must be shared storage. SIGINT/SIGTERM
+stop the run at the next step with a checkpoint (``recipes/interrupt.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, prun
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
 from rayalign.errors import RunError, UserError
+from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
 from rayalign.recipes.common import local_paths
@@ -104,18 +107,22 @@ def _in_thread(fn):
 
 def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early).
-    Cheap checks first (data rows, the output directory, the cluster's resources), then the expensive
-    preparation (tokenising; the DPO family's reference pass)."""
+    Cheap checks first (data rows, the model's files, the output directory, tokenised rows against the
+    step size, the cluster's resources), then the expensive work (the DPO family's reference pass, training)."""
     cfg = local_paths(cfg)
     splits = {name: load_split(split, cfg.training.seed)  # every row validated before anything starts
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
+    check_model(cfg.model)  # damaged files, LoRA targets: before any worker loads it
     with claim(cfg, echo) as c:
+        tokenizer = load_tokenizer(cfg.model)
+        train_rows, eval_rows = PREPARE[cfg.trainer](cfg, tokenizer, splits, echo)
+        max_steps = _max_steps(cfg, len(train_rows))
+        check_unfinished(c, max_steps)
         local_ray.ensure()
         with GracefulStop(c.out, echo) as stop:  # after ray.init, which sets its own SIGTERM handler
             _check_resources(cfg)
-            train_rows, eval_rows = PREPARE[cfg.trainer](cfg, load_tokenizer(cfg.model), splits)
-            max_steps = _max_steps(cfg, len(train_rows))
-            check_unfinished(c, max_steps)
+            if cfg.trainer in ("dpo", "kto"):
+                train_rows, eval_rows = dpo.with_reference(cfg, train_rows, eval_rows, tokenizer.pad_token_id)
             return _launch(cfg, c, train_rows, eval_rows, max_steps, stop, echo)
 
 
