@@ -8,13 +8,14 @@ after their options: ``rayalign train -c cfg.yaml --training.learning_rate 1e-4`
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from rayalign.errors import Interrupted, NotBuiltError, RunError, UserError
+from rayalign.errors import DEBUG_ENV, Interrupted, RunError, UserError
 
 app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -219,14 +220,20 @@ def infer(ctx: typer.Context,
         run.batch(cfg.model, cfg.infer, source, output, typer.echo)
 
 
-def _not_built(name: str, what: str) -> None:
-    @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
-    def _cmd(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"'rayalign {name}' is not built yet")
+@app.command(context_settings=OVERRIDES)
+def tune(ctx: typer.Context, config: Path = ConfigOpt,
+         output_dir: Optional[Path] = typer.Option(None, "--output_dir", "--output-dir",
+                                                   help="the sweep's directory (default: training.output_dir)"),
+         resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep (finished trials kept)")
+         ) -> None:
+    """Hyperparameter sweep on Ray Tune over any recipe key (tune: section), for every trainer."""
+    from rayalign.config_io import load_config
+    from rayalign.tune import run
 
-
-for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),):
-    _not_built(_name, _what)
+    cfg = load_config(config, ctx.args + (["--training.output_dir", str(output_dir)] if output_dir else []))
+    if cfg.data is None:
+        raise UserError(f"{config}: data: required key is missing (a sweep trains: it needs data.train)")
+    run(cfg, echo=typer.echo, resume=resume)
 
 
 @data_app.command("validate")
@@ -286,11 +293,10 @@ def data_pairs(
 ) -> None:
     """Rank each prompt's sampled answers by reward: best vs. worst as a preference pair (on-policy DPO data)."""
     from rayalign.data.pairs import pairs_file
-    from rayalign.outputs import check_file, staged
+    from rayalign.outputs import check_file
 
     check_file(out, "--out", force)
-    with staged(out) as tmp:  # pairs_file writes in place; staged keeps an earlier file until the new one is whole
-        counts = pairs_file(samples, tmp, reward)
+    counts = pairs_file(samples, out, reward)
     typer.echo(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had answers that "
                f"all scored the same); wrote {out}")
 
@@ -359,6 +365,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     try:
         code = app(args=args, prog_name="rayalign", standalone_mode=False)
     except UserError as exc:

@@ -18,10 +18,6 @@ class DataError(UserError):
     """A dataset that is missing, empty, or has a row that does not fit its format."""
 
 
-class NotBuiltError(UserError):
-    """A command or option that exists in the interface but whose implementation has not landed."""
-
-
 class RunError(Exception):
     """A run stopped by a failure of its machinery, not of the user's input: an engine or a worker died
     (past its restarts). The message names the role, the worker and the root cause; the CLI prints it as
@@ -35,3 +31,12 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int, resumable: bool = False):
         super().__init__(message)
         self.signum, self.resumable = signum, resumable  # resumable: a checkpoint of this run was saved
+
+
+DEBUG_ENV = "RAYALIGN_DEBUG"  # set by ``--debug``: tracebacks, ours and Ray's, on the console
+
+
+def debugging() -> bool:
+    import os
+
+    return os.environ.get(DEBUG_ENV) == "1"

@@ -51,6 +51,7 @@ class LoopSpec:
     eval_rows: list[dict] | None = None
     shuffle: bool = True
     run: dict = field(default_factory=dict)  # checkpoint.run_identity: sealed into every checkpoint
+    report_logged: bool = False  # report every logged step (a sweep trial's scheduler reads them), not only saves
 
 
 @dataclass
@@ -141,6 +142,8 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
             bar.update(1)
         if state.step == stop_at or stopping or (t.save_steps and state.step % t.save_steps == 0):
             _save(spec, model, optimizer, scheduler, state, tokenizer, hooks, metrics, rank)
+        elif spec.report_logged and state.step % t.logging_steps == 0:  # a sweep's trial: every logged step
+            hooks.report(_reported(state, metrics), None, "")
         if stopping:
             break
     if log:
@@ -204,7 +207,10 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
 
 def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
     tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run)
-    hooks.report({"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))
-                                         and math.isfinite(v)}}, tmp, f"checkpoint-{state.step:06d}")
+    hooks.report(_reported(state, metrics), tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reported(state: TrainerState, metrics: dict) -> dict:
+    return {"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
