@@ -8,13 +8,14 @@ after their options: ``rayalign train -c cfg.yaml --training.learning_rate 1e-4`
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from rayalign.errors import Interrupted, NotBuiltError, RunError, UserError
+from rayalign.errors import DEBUG_ENV, Interrupted, NotBuiltError, RunError, UserError
 
 app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -286,11 +287,10 @@ def data_pairs(
 ) -> None:
     """Rank each prompt's sampled answers by reward: best vs. worst as a preference pair (on-policy DPO data)."""
     from rayalign.data.pairs import pairs_file
-    from rayalign.outputs import check_file, staged
+    from rayalign.outputs import check_file
 
     check_file(out, "--out", force)
-    with staged(out) as tmp:  # pairs_file writes in place; staged keeps an earlier file until the new one is whole
-        counts = pairs_file(samples, tmp, reward)
+    counts = pairs_file(samples, out, reward)
     typer.echo(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({counts['all_same']} had answers that "
                f"all scored the same); wrote {out}")
 
@@ -359,6 +359,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     try:
         code = app(args=args, prog_name="rayalign", standalone_mode=False)
     except UserError as exc:

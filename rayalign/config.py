@@ -58,6 +58,8 @@ class DatasetSource(Section):
         description="local .jsonl/.json/.parquet file, a saved HF dataset dir, or an HF hub name",
     )
     split: str = Field("train", description="split to read (hub datasets and saved DatasetDicts)")
+    revision: str | None = Field(None, description="hub dataset revision (branch, tag or commit) to pin; "
+                                                   "null: the default branch")
     weight: float = Field(1.0, gt=0, description="mixture weight relative to the other sources")
     limit: int | None = Field(None, gt=0, description="use only the first N rows")
 

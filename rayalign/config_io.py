@@ -165,12 +165,23 @@ class _Source:
 
     def locate(self, key: KeyPath) -> str:
         for over in self.overridden:
-            if key[: len(over)] == over:
+            # the key is inside an override, or an override made it (``--bogus.key 1`` makes ``bogus``)
+            if key[: len(over)] == over or (over[: len(key)] == key and not self._in_file(key)):
                 return f"override --{format_key_path(over)}"
         if self.path is None:
             return "config"
         line = _yaml_line(self.root, key)
         return f"{self.path}:{line}" if line else str(self.path)
+
+    def _in_file(self, key: KeyPath) -> bool:
+        node = self.root
+        for part in key:
+            if not isinstance(node, yaml.MappingNode):
+                return False
+            node = next((v for k, v in node.value if k.value == part), None)
+            if node is None:
+                return False
+        return True
 
     def error(self, key: KeyPath, message: str) -> str:
         """``file:line: key.path: message``; an override names its key once."""

@@ -35,3 +35,12 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int, resumable: bool = False):
         super().__init__(message)
         self.signum, self.resumable = signum, resumable  # resumable: a checkpoint of this run was saved
+
+
+DEBUG_ENV = "RAYALIGN_DEBUG"  # set by ``--debug``: tracebacks, ours and Ray's, on the console
+
+
+def debugging() -> bool:
+    import os
+
+    return os.environ.get(DEBUG_ENV) == "1"

@@ -36,7 +36,7 @@ def load_source(source: DatasetSource, fmt: str) -> datasets.Dataset:
     """All rows of one source, validated as ``fmt``, with their locations (column ``WHERE``); raises on
     the first bad row."""
     rows, where = [], []
-    for location, row in iter_rows(source.path, source.split):
+    for location, row in iter_rows(source.path, source.split, source.revision):
         problem = _row_problem(row, fmt)
         if problem:
             raise DataError(f"{location}: {problem} (format '{fmt}'; "

@@ -46,12 +46,12 @@ def pairs_file(samples: Path, out: Path, rewards: list[str]) -> dict[str, int]:
     ``module:fn``) and write the preference rows to ``out``; returns the counts."""
     from rayalign.config import RewardFnConfig
     from rayalign.data.sources import iter_dicts
+    from rayalign.outputs import write_text
     from rayalign.rewards.registry import WeightedReward
 
     total = WeightedReward([RewardFnConfig(name=name) for name in rewards])
     pairs, counts = rank_pairs(iter_dicts(str(samples)), lambda p, text, meta: total(p, text, **meta)[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    write_text(out, "".join(json.dumps(row) + "\n" for row in pairs))
     return counts
 
 

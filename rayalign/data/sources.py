@@ -26,7 +26,7 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).suffix in {".jsonl", ".json", ".parquet"}
 
 
-def iter_rows(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
+def iter_rows(path: str, split: str = "train", revision: str | None = None) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, row)``; a row that is not JSON is a :class:`BadJSON`."""
     p = Path(path).expanduser()
     if p.is_file():
@@ -36,7 +36,7 @@ def iter_rows(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
     elif _looks_local(path):
         raise DataError(f"{path}: no such file or directory")
     else:
-        yield from _iter_hf(_load_hub(path, split), path)
+        yield from _iter_hf(_load_hub(path, split, revision), path)
 
 
 def iter_dicts(path: str, split: str = "train") -> Iterator[tuple[str, dict]]:
@@ -128,11 +128,11 @@ def _load_saved(p: Path, split: str):
     return ds
 
 
-def _load_hub(name: str, split: str):
+def _load_hub(name: str, split: str, revision: str | None):
     import datasets
 
-    try:
-        return datasets.load_dataset(name, split=split)
+    try:  # revision None: the hub's default branch, as it is today
+        return datasets.load_dataset(name, split=split, revision=revision)
     except Exception as exc:  # the hub raises many types: offline, missing, gated
         raise DataError(f"{name}: could not load from the HF hub ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -22,6 +22,9 @@ def tokenize_splits(cfg: RecipeConfig, splits: dict, tokenize_split, tokenizer,
             for note in notes:
                 echo(note)
     check_step_fits(cfg, len(out["train"]))
+    if out["eval"] is not None and len(out["eval"]) < cfg.scaling.num_workers:  # eval_loss would be 0
+        raise UserError(f"data.eval: {len(out['eval'])} rows for scaling.num_workers {cfg.scaling.num_workers}: "
+                        "every worker scores an equal share of the eval rows; add rows or drop data.eval")
     return out["train"], out["eval"]
 
 

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import ray
 import yaml
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign import local_ray
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints, prune, read_state
 from rayalign.config import RecipeConfig
 from rayalign.data.loading import load_split
-from rayalign.errors import RunError, UserError
+from rayalign.errors import RunError, UserError, debugging
 from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes import dpo, sft
@@ -150,7 +150,10 @@ def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, 
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(out),
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit),
+                             # Ray Train logs a failed worker's whole traceback (worker and controller); ours
+                             # is one line (``_fit``): the traceback stays in Ray's log files, or --debug
+                             logging_config=LoggingConfig(log_level="INFO" if debugging() else "CRITICAL")),
     )
     stop.in_loop = True
     _fit(trainer, out)

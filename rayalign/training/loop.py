@@ -204,7 +204,10 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
 
 def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
     tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run)
-    hooks.report({"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))
-                                         and math.isfinite(v)}}, tmp, f"checkpoint-{state.step:06d}")
+    hooks.report(_reported(state, metrics), tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reported(state: TrainerState, metrics: dict) -> dict:
+    return {"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}

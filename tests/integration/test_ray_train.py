@@ -153,9 +153,17 @@ def test_ddp_and_fsdp2_give_the_same_model(ray_local, tiny_model_dir, task_files
     assert max((wd[k] - wf[k]).abs().max().item() for k in wd) < 1e-5
 
 
-def test_too_few_cpus_is_reported_before_training(ray_local, tiny_model_dir, task_files, tmp_path):
-    cfg = build(recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "big"),
-                scaling={"num_workers": 3, "cpus_per_worker": 1})
+@pytest.mark.parametrize("trainer", ["sft", "dpo"])
+def test_too_few_cpus_is_reported_before_training(ray_local, tiny_model_dir, task_files, tmp_path, monkeypatch,
+                                                  trainer):
+    from rayalign.recipes import dpo
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("the DPO reference pass ran before the resource check")
+
+    monkeypatch.setattr(dpo, "score_reference", expensive)
+    cfg = build(recipe(tiny_model_dir, trainer, task_files["sft" if trainer == "sft" else "preference"],
+                       tmp_path / "big", micro_batch_size=2), scaling={"num_workers": 3, "cpus_per_worker": 1})
     with pytest.raises(UserError, match=r"scaling: Ray Train workers need 3 x 1.0 CPUs = 3.0 but the Ray "
                                         r"cluster has 2"):
         run(cfg)

