@@ -43,6 +43,7 @@ def run(cfg: RecipeConfig, echo=print, resume: bool = False):
     sweep_dir = Path(cfg.training.output_dir)
     experiment = sweep_dir / EXPERIMENT
     local_ray.ensure()
+    _check_state_api()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.model_dump(mode="json"), sweep_dir=str(sweep_dir)), _resources(cfg))
     if resume:
@@ -60,6 +61,20 @@ def run(cfg: RecipeConfig, echo=print, resume: bool = False):
     results = tuner.fit()
     _write(cfg, results, sweep_dir, echo)
     return results
+
+
+def _check_state_api() -> None:
+    """A trial that Tune stops (ASHA, PBT, the end) is killed while Ray Train shuts its workers down; their
+    placement group is then removed by Ray Train's cleaner, which polls the State API (the dashboard).
+    Without it the groups leak and later trials wait for CPUs forever."""
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, raise_on_missing_output=False)
+    except Exception as exc:  # the state client raises several types when the dashboard is absent
+        raise UserError("sweeps need Ray's dashboard (its State API frees a stopped trial's Ray Train workers): "
+                        "let rayalign start Ray, or start yours with `ray start --head --include-dashboard true` "
+                        f"({type(exc).__name__})") from None
 
 
 def _absolute(cfg: RecipeConfig) -> RecipeConfig:
