@@ -1,106 +1,142 @@
-"""Issue 12: sweeps on Ray Tune, real trials on the shared 2-CPU Ray: ASHA stops poor SFT trials early and
+"""Issue 12: sweeps on Ray Tune as a user runs them (`rayalign tune`, its own Ray with the dashboard, whose
+State API Ray Train's cleaner needs when Tune stops a trial): ASHA stops poor SFT trials early and
 best_config.yaml trains as it is; GRPO trials report reward_mean every step; a PBT exploit continues from
-the other trial's checkpoint; a metric no trial logs is named."""
+the other trial's checkpoint; a metric no trial logs is named; a killed sweep resumes without rerunning
+finished trials."""
 
+import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from rayalign.checkpoint import checkpoints
-from rayalign.config_io import load_config
-from rayalign.errors import RunError
+from rayalign.config_io import load_config, with_overrides
 from rayalign.metrics import read_metrics
-from rayalign.tune import run
 from rl_helpers import grpo_recipe, prompt_file
 
 ROOT = Path(__file__).parents[2]
+EXE = str(Path(sys.executable).parent / "rayalign")
 
 
-def sft_sweep(tiny_model_dir, task_files, out, **tune_section):
+def sweep_file(tmp_path, tiny_model_dir, task_files, name="sweep", **updates) -> Path:
     cfg = load_config(ROOT / "configs" / "sweeps" / "tiny" / "sft_lr.yaml", [
         "--model.name_or_path", str(tiny_model_dir), "--data.train.datasets[0].path", task_files["sft"],
-        "--data.eval.datasets[0].path", task_files["sft_eval"], "--training.output_dir", str(out),
+        "--data.eval.datasets[0].path", task_files["sft_eval"], "--training.output_dir", str(tmp_path / name),
         "--training.max_steps", "16", "--training.save_steps", "16", "--training.micro_batch_size", "4"])
-    from rayalign.config_io import with_overrides
-
-    return with_overrides(cfg, {f"tune.{k}": v for k, v in tune_section.items()})
-
-
-def reports(result) -> list[dict]:
-    return result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(with_overrides(cfg, updates).model_dump(mode="json"), sort_keys=False))
+    return path
 
 
-def test_asha_stops_poor_sft_trials_and_best_config_trains(ray_local, tiny_model_dir, task_files, tmp_path):
-    out = tmp_path / "sweep"
-    said = []
-    results = run(sft_sweep(tiny_model_dir, task_files, out), echo=said.append)
-    iterations = sorted(len(reports(r)) for r in results)
-    assert len(iterations) == 4 and iterations[-1] == 4 and iterations[0] < 4  # 16 steps / 4: stopped early
-    rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("trial_id,eval_loss,step,reports,training.learning_rate") and len(rows) == 5
-    best = min((r for r in results if r.metrics.get("eval_loss") is not None), key=lambda r: r.metrics["eval_loss"])
-    cfg = load_config(out / "best_config.yaml")
-    assert cfg.training.learning_rate == best.config["training.learning_rate"]
-    assert cfg.training.output_dir == str(out / "best") and cfg.tune.search_space == {}
-    assert said[-1].startswith(f"best eval_loss = {best.metrics['eval_loss']:.6g}")
-    for r in results:  # each trial's own run directory, as `rayalign train` writes it
-        trial_dir = out / "trials" / r.metrics["trial_id"]
-        assert [m["step"] for m in read_metrics(trial_dir)][:1] == [4]
-    from rayalign.recipes.ray_train import run as train
-
-    final = train(cfg)  # best_config.yaml as it is
-    assert (final / "model.safetensors").is_file()
+def tune(path, *args, timeout=600):
+    return subprocess.run([EXE, "tune", "-c", str(path), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=path.parent)
 
 
-def test_grpo_trials_report_reward_every_step(ray_local, tiny_model_dir, tmp_path):
+def results(sweep: Path) -> list[dict]:
+    with open(sweep / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_files, tmp_path):
+    started = time.time()
+    done = tune(sweep_file(tmp_path, tiny_model_dir, task_files))
+    took = time.time() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    rows = results(sweep)
+    assert len(rows) == 4 and list(rows[0])[:5] == ["trial_id", "eval_loss", "step", "reports",
+                                                    "training.learning_rate"]
+    reports = sorted(int(r["reports"]) for r in rows)
+    assert reports[-1] == 4 and reports[0] < 4, reports  # 16 steps / 4 per report; ASHA stopped some early
+    cfg = load_config(sweep / "best_config.yaml")
+    assert cfg.training.learning_rate == float(rows[0]["training.learning_rate"])
+    assert done.stdout.strip().splitlines()[-1].startswith(f"best eval_loss = {float(rows[0]['eval_loss']):.6g}")
+    for row in rows:  # each trial's own run directory, as `rayalign train` writes it
+        assert [m["step"] for m in read_metrics(sweep / "trials" / row["trial_id"])][:1] == [4]
+    print(f"4-trial ASHA sweep: {took:.0f} s")
+    train = subprocess.run([EXE, "train", "-c", str(sweep / "best_config.yaml")], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (sweep / "best" / "final" / "model.safetensors").is_file()
+
+
+def test_grpo_trials_report_reward_every_step(tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "sweep", max_steps=3, kl_coef=0.0,
                       logging_steps=1, save_steps=3)
-    from rayalign.config_io import with_overrides
-
     cfg = with_overrides(cfg, {"reward.functions": [{"name": "boxed_answer"}], "scaling.num_workers": 1,
                                "scaling.cpus_per_worker": 0.5, "tune.metric": "reward_mean", "tune.mode": "max",
                                "tune.num_samples": 1,
                                "tune.search_space": {"training.learning_rate": {"grid": [1e-4, 2e-3]}}})
-    results = run(cfg)
-    assert len(results) == 2
-    for r in results:
-        steps = reports(r)
-        assert [s["step"] for s in steps] == [1, 2, 3] and all("reward_mean" in s for s in steps)
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    done = tune(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = results(tmp_path / "sweep")
+    assert len(rows) == 2
+    for row in rows:
+        logged = read_metrics(tmp_path / "sweep" / "trials" / row["trial_id"])
+        assert [m["step"] for m in logged] == [1, 2, 3] and all("reward_mean" in m for m in logged)
+        assert int(row["reports"]) == 3
 
 
-def test_pbt_exploit_continues_from_the_other_trials_checkpoint(ray_local, tiny_model_dir, task_files, tmp_path):
-    out = tmp_path / "pbt"
-    cfg = sft_sweep(tiny_model_dir, task_files, out, search_space={
-        "training.learning_rate": {"grid": [1e-6, 5e-3]}}, scheduler={"name": "pbt", "perturbation_interval": 2,
-                                                                       "quantile_fraction": 0.5})
-    from rayalign.config_io import with_overrides
-
-    cfg = with_overrides(cfg, {"training.save_steps": 4, "training.save_total_limit": None})
-    results = run(cfg)
-    policy = list((out / "tune").glob("pbt_policy_*.txt"))
-    assert policy, "no trial was exploited"
-    exploits = [json.loads(line) for p in policy for line in p.read_text().splitlines()]
-    # [target_tag, clone_tag, target_iteration, clone_iteration, old_config, new_config]
-    by_tag = {r.metrics["trial_id"]: r for r in results}
-    assert exploits and len(by_tag) == 2
-    ids = list(by_tag)
-    donor_dir, taker_dir = (out / "trials" / ids[0], out / "trials" / ids[1])
-    copied = [c for c in checkpoints(taker_dir) if (donor_dir / "checkpoints" / c.name).exists()]
-    if not copied:
-        donor_dir, taker_dir = taker_dir, donor_dir
-        copied = [c for c in checkpoints(taker_dir) if (donor_dir / "checkpoints" / c.name).exists()]
-    same = [c for c in copied if (c / "model" / "model.safetensors").read_bytes()
-            == (donor_dir / "checkpoints" / c.name / "model" / "model.safetensors").read_bytes()]
-    assert same, "the exploiting trial holds none of the donor's checkpoints"
-    steps = [m["step"] for m in read_metrics(taker_dir)]
+def test_pbt_exploit_continues_from_the_other_trials_checkpoint(tiny_model_dir, task_files, tmp_path):
+    path = sweep_file(tmp_path, tiny_model_dir, task_files, name="pbt", **{
+        "tune.search_space": {"training.learning_rate": {"grid": [1e-6, 5e-3]}},
+        "tune.scheduler": {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
+        "training.save_steps": 4, "training.save_total_limit": None})
+    done = tune(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "pbt"
+    ids = [r["trial_id"] for r in results(sweep)]
+    copied = []
+    for taker, donor in ((ids[0], ids[1]), (ids[1], ids[0])):
+        for ckpt in sorted((sweep / "trials" / taker / "checkpoints").glob("checkpoint-*")):
+            theirs = sweep / "trials" / donor / "checkpoints" / ckpt.name / "model" / "model.safetensors"
+            mine = ckpt / "model" / "model.safetensors"
+            if mine.is_file() and theirs.is_file() and mine.read_bytes() == theirs.read_bytes():
+                copied.append((taker, ckpt.name))
+    assert copied, "no trial holds another's checkpoint: nothing was exploited"
+    taker = copied[0][0]
+    steps = [m["step"] for m in read_metrics(sweep / "trials" / taker)]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # continued from the donor's step, not from 0
 
 
-def test_a_metric_no_trial_logs_is_named(ray_local, tiny_model_dir, task_files, tmp_path):
-    cfg = sft_sweep(tiny_model_dir, task_files, tmp_path / "bad", metric="rewards/acc", num_samples=1,
-                    search_space={"training.learning_rate": {"choice": [1e-3]}}, scheduler={"name": "fifo"})
-    with pytest.raises(RunError, match=r"no trial reported rewards/acc: .*tune.metric: this trial does not log "
-                                       r"'rewards/acc'; it logs: .*eval_loss.*loss"):
-        run(cfg)
+def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
+    path = sweep_file(tmp_path, tiny_model_dir, task_files, name="bad", **{
+        "tune.metric": "rewards/acc", "tune.search_space": {"training.learning_rate": {"choice": [1e-3]}},
+        "tune.scheduler": {"name": "fifo"}})
+    done = tune(path)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial reported rewards/acc: ") and "it logs: " in last and "eval_loss" in last
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, task_files, tmp_path):
+    path = sweep_file(tmp_path, tiny_model_dir, task_files, name="killed", **{
+        "tune.search_space": {"training.learning_rate": {"grid": [1e-3, 2e-3]}}, "tune.scheduler": {"name": "fifo"},
+        "tune.max_concurrent_trials": 1, "training.max_steps": 60, "training.save_steps": 20})
+    sweep = tmp_path / "killed"
+    proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, first_done = time.time() + 600, None
+    while time.time() < deadline and proc.poll() is None:
+        finals = list((sweep / "trials").glob("*/final")) if (sweep / "trials").exists() else []
+        if finals and first_done is None:
+            first_done = time.time()
+        if first_done and time.time() - first_done > 15:  # Tune has snapshotted the first trial as finished
+            break
+        time.sleep(1)
+    assert first_done, "the first trial never finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [finished] = [p.parent for p in (sweep / "trials").glob("*/final")]
+    before = (finished / "metrics.jsonl").read_bytes()
+    done = tune(path, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (finished / "metrics.jsonl").read_bytes() == before  # not rerun
+    assert len(results(sweep)) == 2 and len(list((sweep / "trials").glob("*/final"))) == 2
