@@ -5,7 +5,6 @@ the other trial's checkpoint; a metric no trial logs is named; a killed sweep re
 finished trials."""
 
 import csv
-import json
 import signal
 import subprocess
 import sys
