@@ -150,7 +150,9 @@ def _scheduler(cfg: RecipeConfig):
 
     s = cfg.tune.scheduler
     if s.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=_max_reports(cfg), grace_period=s.grace_period,
+        # max_t one past the last report: a trial that reaches the end finishes its own run (final/) rather
+        # than being stopped at its last report
+        return ASHAScheduler(time_attr="training_iteration", max_t=_max_reports(cfg) + 1, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor)
     if s.name == "pbt":
         mutate = {k: v for k, v in space.mutations(cfg).items() if not s.mutations or k in s.mutations}
