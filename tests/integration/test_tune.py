@@ -54,7 +54,7 @@ def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_
     assert reports[-1] == 4 and reports[0] < 4, reports  # 16 steps / 4 per report; ASHA stopped some early
     cfg = load_config(sweep / "best_config.yaml")
     assert cfg.training.learning_rate == float(rows[0]["training.learning_rate"])
-    assert done.stdout.strip().splitlines()[-1].startswith(f"best eval_loss = {float(rows[0]['eval_loss']):.6g}")
+    assert f"best eval_loss = {float(rows[0]['eval_loss']):.6g} (trial {rows[0]['trial_id']})" in done.stdout
     for row in rows:  # each trial's own run directory, as `rayalign train` writes it
         assert [m["step"] for m in read_metrics(sweep / "trials" / row["trial_id"])][:1] == [4]
     print(f"4-trial ASHA sweep: {took:.0f} s")
