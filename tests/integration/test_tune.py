@@ -43,7 +43,11 @@ def results(sweep: Path) -> list[dict]:
 
 def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_files, tmp_path):
     started = time.time()
-    done = tune(sweep_file(tmp_path, tiny_model_dir, task_files))
+    # best learning rate first, one trial at a time: each later, worse trial meets better ones at ASHA's first
+    # rung and is stopped there (asynchronous ASHA lets the first trials at a rung go on, so order decides)
+    done = tune(sweep_file(tmp_path, tiny_model_dir, task_files, **{
+        "tune.search_space": {"training.learning_rate": {"grid": [3e-3, 1e-3, 1e-4, 1e-5]}},
+        "tune.max_concurrent_trials": 1}))
     took = time.time() - started
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "sweep"
