@@ -21,6 +21,7 @@ from rayalign.checkpoint import TrainerState, prune
 from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
 from rayalign.engines.base import weights_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.outputs import staged
 from rayalign.training import sharding
 from rayalign.training.loop import build_trainable, write_checkpoint
 from rayalign.training.rl_step import PolicyLearner
@@ -112,19 +113,15 @@ class LearnerWorker:
         return out, unique
 
     def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
-        """Write checkpoint ``directory`` (atomically: a sealed temp dir moved into place, then renamed).
-        A collective."""
+        """Write checkpoint ``directory`` (atomically: the sealed temp dir is staged beside it and put in
+        place in one rename, ``outputs.staged``). A collective."""
         tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
                                self.learner.scheduler, state, self.tokenizer, self.rank, run)
         if tmp is None:
             return
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.parent / f".{target.name}.partial"  # same file system as the target: rename is atomic
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.move(str(tmp), staged)
-        shutil.rmtree(target, ignore_errors=True)
-        staged.rename(target)
+        with staged(target) as beside:
+            shutil.move(str(tmp), beside)
         prune(target.parent.parent, keep)
 
     def shutdown(self) -> None:

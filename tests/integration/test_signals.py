@@ -15,7 +15,7 @@ import yaml
 from rayalign.checkpoint import checkpoints, problem
 from rayalign.metrics import read_metrics
 from rl_helpers import grpo_recipe, prompt_file
-from train_helpers import recipe
+from train_helpers import ours_traceback, recipe
 
 EXE = str(Path(sys.executable).parent / "rayalign")
 
@@ -40,12 +40,6 @@ def interrupt_after(argv, cwd, out: Path, signum: int, step: int, timeout=300):
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=timeout)
     return proc.returncode, stdout, stderr, tree
-
-
-def ours_traceback(stderr: str) -> bool:
-    """A traceback anywhere but in Ray Train's PlacementGroupCleaner actor, whose State API poll can raise in
-    its own thread as a run's controller exits on a loaded machine (Ray 2.60; harmless, and not ours)."""
-    return any("Traceback" in line and "PlacementGroupCleaner" not in line for line in stderr.splitlines())
 
 
 def assert_no_orphans(tree):

@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from train_helpers import recipe
+from train_helpers import ours_traceback, recipe
 
 EXE = str(Path(sys.executable).parent / "rayalign")
 PROMPT = "<|im_start|>user\nHow many 'r' in 'strawberry'?<|im_end|>\n<|im_start|>assistant\n"
@@ -64,7 +64,7 @@ def test_a_diverged_run_stops_in_one_line_and_ships_no_model(tiny_model_dir, tas
     done = subprocess.run([EXE, "train", "-c", str(cfg)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     error = done.stderr.strip().splitlines()[-1]  # the last line, never buried under a worker's bar or log
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # the worker's traceback stays in Ray's log files
+    assert not ours_traceback(done.stderr), done.stderr[-3000:]  # the worker's traceback stays in Ray's logs
     assert error.startswith("error: Ray Train worker rank 0: step 1: loss is nan, grad_norm is nan; stopped before "
                            "the optimizer update"), error
     assert error.endswith("; no checkpoint was written before it")
