@@ -96,7 +96,8 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps; null = at the end")
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps; null = at the end")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; null keeps all")
-    resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint")
+    resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint (its "
+                                             "step, optimizer state and schedule, at this recipe's learning_rate)")
     overwrite: bool = Field(False, description="replace an earlier run in output_dir (its final model, metrics "
                             "and checkpoints); without it a used output_dir is refused")
     stop_after_steps: int | None = Field(
@@ -403,7 +404,7 @@ class TuneConfig(Section):
                                               "as the cluster's CPUs/GPUs fit")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="trial scheduler")
     search_alg: Literal["random", "optuna"] = Field("random", description="random/grid sampling, or Optuna's "
-                                                    "TPE (pip install optuna)")
+                                                    "TPE (pip install 'rayalign[tune]')")
     seed: int | None = Field(0, description="seed of the search (null: unseeded)")
 
 

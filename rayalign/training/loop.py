@@ -87,7 +87,19 @@ def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, ma
         opt_state, sched_state, state = load_training_state(restored)
         sharding.load_optimizer_state(model, optimizer, opt_state)
         scheduler.load_state_dict(sched_state)
+        configured_learning_rate(optimizer, scheduler, t.learning_rate)
     return model, optimizer, scheduler, state
+
+
+def configured_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """The recipe's learning rate wins over the checkpoint's (a resumed run whose recipe changed it, or a
+    PBT trial whose explore step did): the schedule goes on from the restored step with ``lr`` as its peak.
+    With the same ``lr`` this recomputes the restored value exactly."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _reference(spec: LoopSpec, device: torch.device):
@@ -213,4 +225,5 @@ def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, met
 
 
 def _reported(state: TrainerState, metrics: dict) -> dict:
-    return {"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
+    finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return {"step": state.step, **finite}

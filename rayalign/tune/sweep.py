@@ -15,6 +15,7 @@ a better one's checkpoint and perturbs the mutated keys).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -55,7 +56,7 @@ def run(cfg: RecipeConfig, echo=print, resume: bool = False):
         if experiment.exists():
             raise UserError(f"training.output_dir: {sweep_dir} already holds a sweep; pass --resume to continue it, "
                             "or choose another output_dir")
-        tuner = tune.Tuner(trainable, param_space=space.domains(cfg), tune_config=_tune_config(cfg),
+        tuner = tune.Tuner(trainable, param_space=space.domains(cfg), tune_config=_tune_config(cfg, echo),
                            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir), verbose=1,
                                                      failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()
@@ -127,22 +128,29 @@ def trial_slots(cfg: RecipeConfig, have: dict) -> int:
     return fits
 
 
-def _tune_config(cfg: RecipeConfig):
+def _tune_config(cfg: RecipeConfig, echo):
     import ray
     from ray import tune
 
     t = cfg.tune
     slots = trial_slots(cfg, ray.cluster_resources())
     concurrent = min(t.max_concurrent_trials or slots, slots)
-    search = None
+    if t.scheduler.name == "pbt" and concurrent < 2:
+        echo(f"warning: PBT compares trials that run side by side, but {concurrent} trial runs at a time here "
+             f"({slots} fit the cluster): no trial will exploit another")
+    from ray.tune.search import BasicVariantGenerator
+
     if t.search_alg == "optuna":
         try:
+            from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
-            raise UserError("tune.search_alg: optuna is not installed (pip install 'optuna<5')") from None
-        search = OptunaSearch(seed=t.seed)
-    return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=concurrent,
-                           scheduler=_scheduler(cfg), search_alg=search, reuse_actors=False)
+            raise UserError("tune.search_alg: optuna is not installed (pip install 'rayalign[tune]')") from None
+        search = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=concurrent)
+    else:  # grid and random sampling, seeded (Tune ignores max_concurrent_trials beside a given generator)
+        search = BasicVariantGenerator(max_concurrent=concurrent, random_state=t.seed)
+    return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=_scheduler(cfg),
+                           search_alg=search, reuse_actors=False)
 
 
 def _scheduler(cfg: RecipeConfig):
@@ -166,6 +174,14 @@ def _max_reports(cfg: RecipeConfig) -> int:
     return max(1, math.ceil((t.max_steps or 10_000) / t.logging_steps))
 
 
+def _cause(error: BaseException) -> str:
+    """The root cause in a trial's error: the first exception line of its (chained, Ray-wrapped) tracebacks,
+    not Ray's generic last line ("An unexpected internal error occurred ...")."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupted): ", line)]
+    return causes[0] if causes else (lines[-1] if lines else type(error).__name__)
+
+
 def _write(cfg: RecipeConfig, results, sweep_dir: Path, echo) -> None:
     """results.csv (best first) and best_config.yaml, then the table; errors of failed trials named."""
     from rayalign.config_io import with_overrides
@@ -178,7 +194,7 @@ def _write(cfg: RecipeConfig, results, sweep_dir: Path, echo) -> None:
         rows.append({"trial_id": metrics.get("trial_id", Path(result.path).name if result.path else "?"),
                      t.metric: metrics.get(t.metric), "step": metrics.get("step"),
                      "reports": metrics.get("training_iteration"), **config,
-                     "error": str(result.error).strip().splitlines()[-1] if result.error else ""})
+                     "error": _cause(result.error) if result.error else ""})
     scored = [r for r in rows if isinstance(r[t.metric], (int, float)) and math.isfinite(r[t.metric])]
     scored.sort(key=lambda r: r[t.metric], reverse=t.mode == "max")
     ordered = scored + [r for r in rows if r not in scored]

@@ -21,7 +21,6 @@ from ray.util.queue import Empty, Queue
 from rayalign.checkpoint import RUN_NAME, checkpoints, read_state
 from rayalign.config import RecipeConfig
 from rayalign.errors import UserError
-from rayalign.recipes.output_dir import RUN_FILES
 
 
 class _ToQueue(UserCallback):
@@ -82,17 +81,20 @@ def run_trial(config: dict, base: dict, sweep_dir: str) -> None:
 
 
 def _start(cfg: RecipeConfig, out: Path) -> dict:
-    """How the trial starts: from a Tune checkpoint (PBT's exploit copies another trial's; a resumed sweep
-    hands back this trial's), from its own run directory's last checkpoint, or afresh."""
+    """How the trial starts: from a Tune checkpoint (PBT's exploit hands over another trial's; a restarted
+    or resumed trial gets its own back), from its own run directory's last checkpoint, or afresh."""
     given = tune.get_checkpoint()
-    if given is not None:
+    # Tune keeps a trial's checkpoints in its directory TRAINABLE_TRIALID_INDEX_PARAMS_DATE
+    if given is not None and f"_{tune.get_context().get_trial_id()}_" not in Path(given.path).parent.name:
+        # an exploit: the run goes on as the donor's. This trial's own checkpoints and final model are
+        # another lineage and go; its metrics up to the donor's step stay (resume keeps rows <= that step)
         with given.as_directory() as ckpt:
             step = read_state(ckpt).step
-            for name in RUN_FILES:  # the run continues as the checkpoint's, not as this trial's own
+            for name in ("final", "trainer_state.json", RUN_NAME):
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             shutil.copytree(ckpt, out / RUN_NAME / f"checkpoint-{step:06d}")
         return {"training.resume": "auto"}
-    if checkpoints(out):
+    if checkpoints(out):  # its own Tune checkpoint is a copy of one of these; the newest complete one wins
         return {"training.resume": "auto"}
     return {"training.overwrite": True}  # a trial restarted before its first checkpoint

@@ -1,8 +1,8 @@
 """Issue 12: sweeps on Ray Tune as a user runs them (`rayalign tune`, its own Ray with the dashboard, whose
 State API Ray Train's cleaner needs when Tune stops a trial): ASHA stops poor SFT trials early and
-best_config.yaml trains as it is; GRPO trials report reward_mean every step; a PBT exploit continues from
-the other trial's checkpoint; a metric no trial logs is named; a killed sweep resumes without rerunning
-finished trials."""
+best_config.yaml trains as it is; GRPO trials sampled by Optuna report reward_mean every step; a PBT exploit
+continues from the other trial's checkpoint at its own new learning rate; a metric no trial logs is named; a
+killed sweep resumes without rerunning finished trials."""
 
 import csv
 import signal
@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rayalign.config_io import load_config, with_overrides
@@ -27,6 +28,7 @@ def sweep_file(tmp_path, tiny_model_dir, task_files, name="sweep", **updates) ->
         "--data.eval.datasets[0].path", task_files["sft_eval"], "--training.output_dir", str(tmp_path / name),
         "--training.max_steps", "16", "--training.save_steps", "16", "--training.micro_batch_size", "4"])
     path = tmp_path / f"{name}.yaml"
+    updates = {"tune.num_samples": 1, **updates}
     path.write_text(yaml.safe_dump(with_overrides(cfg, updates).model_dump(mode="json"), sort_keys=False))
     return path
 
@@ -68,19 +70,21 @@ def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_
     assert (sweep / "best" / "final" / "model.safetensors").is_file()
 
 
-def test_grpo_trials_report_reward_every_step(tiny_model_dir, tmp_path):
+def test_grpo_trials_sampled_by_optuna_report_reward_every_step(tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "sweep", max_steps=3, kl_coef=0.0,
                       logging_steps=1, save_steps=3)
     cfg = with_overrides(cfg, {"reward.functions": [{"name": "boxed_answer"}], "scaling.num_workers": 1,
                                "scaling.cpus_per_worker": 0.5, "tune.metric": "reward_mean", "tune.mode": "max",
-                               "tune.num_samples": 1,
-                               "tune.search_space": {"training.learning_rate": {"grid": [1e-4, 2e-3]}}})
+                               "tune.num_samples": 2, "tune.search_alg": "optuna",
+                               "tune.search_space": {"training.learning_rate": {"loguniform": [1e-4, 2e-3]}}})
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     done = tune(path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = results(tmp_path / "sweep")
-    assert len(rows) == 2
+    assert len(rows) == 2  # two samples from Optuna's TPE, each in the range
+    rates = [float(r["training.learning_rate"]) for r in rows]
+    assert all(1e-4 <= lr <= 2e-3 for lr in rates) and rates[0] != rates[1], rates
     for row in rows:
         logged = read_metrics(tmp_path / "sweep" / "trials" / row["trial_id"])
         assert [m["step"] for m in logged] == [1, 2, 3] and all("reward_mean" in m for m in logged)
@@ -105,8 +109,12 @@ def test_pbt_exploit_continues_from_the_other_trials_checkpoint(tiny_model_dir, 
                 copied.append((taker, ckpt.name))
     assert copied, "no trial holds another's checkpoint: nothing was exploited"
     taker = copied[0][0]
-    steps = [m["step"] for m in read_metrics(sweep / "trials" / taker)]
-    assert steps == sorted(set(steps)) and steps[-1] == 16  # continued from the donor's step, not from 0
+    logged = read_metrics(sweep / "trials" / taker)
+    # its own rows up to the donor's step, then on from there: nothing lost, nothing repeated, not from 0
+    assert [m["step"] for m in logged] == [4, 8, 12, 16], logged
+    # and it trains at the rate PBT's explore step gave it, not at the donor checkpoint's
+    [final] = [r for r in results(sweep) if r["trial_id"] == taker]
+    assert logged[-1]["lr"] == pytest.approx(float(final["training.learning_rate"]), rel=1e-9)
 
 
 def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
@@ -122,7 +130,7 @@ def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, task_files, tmp_path):
     path = sweep_file(tmp_path, tiny_model_dir, task_files, name="killed", **{
         "tune.search_space": {"training.learning_rate": {"grid": [1e-3, 2e-3]}}, "tune.scheduler": {"name": "fifo"},
-        "tune.max_concurrent_trials": 1, "training.max_steps": 60, "training.save_steps": 20})
+        "tune.max_concurrent_trials": 1, "training.max_steps": 40, "training.save_steps": 20})
     sweep = tmp_path / "killed"
     proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ import pytest
 from rayalign.config import RecipeConfig
 from rayalign.errors import UserError
 from rayalign.tune.space import check, mutations
-from rayalign.tune.sweep import trial_slots
+from rayalign.tune.sweep import _cause, trial_slots
 
 
 def sweep(search_space, trainer="sft", eval_data=True, **tune) -> RecipeConfig:
@@ -79,3 +79,13 @@ def test_shipped_sweeps_pass_their_checks(name):
     path = Path(__file__).parents[2] / "configs" / "sweeps" / "tiny" / f"{name}.yaml"
     assert path.read_text().startswith(f"# rayalign tune -c configs/sweeps/tiny/{name}.yaml\n")
     check(load_config(path))
+
+
+def test_a_failed_trials_error_is_its_root_cause():
+    wrapped = RuntimeError("The actor with name ImplicitFunc failed to import on the worker:\n"
+                           "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                           "ModuleNotFoundError: No module named 'mine'\n\nDuring handling of the above exception, "
+                           "another exception occurred:\nRuntimeError: The actor failed\n"
+                           "An unexpected internal error occurred while the worker was executing a task.")
+    assert _cause(wrapped) == "ModuleNotFoundError: No module named 'mine'"
+    assert _cause(RuntimeError("just a line")) == "just a line"
