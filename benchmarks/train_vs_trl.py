@@ -1,11 +1,13 @@
 """rayalign SFT and DPO vs TRL's SFTTrainer / DPOTrainer on the same tiny model, data, batch and steps.
 
     .venv/bin/python benchmarks/train_vs_trl.py [--steps 30] [--out benchmarks/results/train_vs_trl.json]
+    python benchmarks/train_vs_trl.py --gpu --out benchmarks/results/train_gpu.json   # rayalign, 1 GPU worker
 
 Throughput = mean non-padding tokens per sequence x global batch / median step time (steps after the
 first 3, so model load, Ray start-up and the reference pass are excluded for both). Configurations:
 rayalign 1 Ray Train worker x 2 torch threads vs TRL with 2 threads (equal threads), and rayalign
-2 workers x 1 thread (FSDP2 over gloo: on 2 cores it shows the communication overhead).
+2 workers x 1 thread (FSDP2 over gloo: on 2 cores it shows the communication overhead). ``--gpu``: only
+rayalign, one Ray Train worker on one GPU (nccl), same model, data and batch (TRL is not timed there).
 TRL's DPO runs with precompute_ref_log_probs=True, like rayalign's default, so neither pays a
 reference forward per step. Run by hand; results go to the README.
 """
@@ -41,7 +43,7 @@ def make_inputs(root: Path) -> dict:
     return {"model": model, **files}
 
 
-def rayalign_run(inputs, trainer, steps, workers, threads, out) -> float:
+def rayalign_run(inputs, trainer, steps, workers, threads, out, use_gpu=False) -> float:
     from rayalign.metrics import read_metrics
     from rayalign.recipes.ray_train import run
 
@@ -51,7 +53,7 @@ def rayalign_run(inputs, trainer, steps, workers, threads, out) -> float:
         "data": {"train": {"format": fmt, "datasets": [{"path": str(inputs[fmt])}], "max_length": MAX_LEN}},
         "training": {"output_dir": str(out), "learning_rate": 1e-4, "micro_batch_size": BATCH // workers,
                      "max_steps": steps, "save_steps": 10_000},
-        "scaling": {"num_workers": workers, "cpus_per_worker": 1, "torch_threads": threads}})
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1, "torch_threads": threads, "use_gpu": use_gpu}})
     run(cfg, echo=lambda *_: None)
     rows = read_metrics(out)[SKIP:]
     return statistics.median(r["step_time_s"] for r in rows)
@@ -114,7 +116,8 @@ def tokens_per_batch(inputs, trainer) -> float:
     if trainer == "sft":
         lens = [len(tokenize_conversation(tok, r["messages"], MAX_LEN)["input_ids"]) for r in rows]
     else:
-        lens = [sum(len(p) + len(c) for p, c in tokenize_preference(tok, r, MAX_LEN).values()) for r in rows]
+        sides = [tokenize_preference(tok, r, MAX_LEN) for r in rows]  # also holds the "truncated" flag
+        lens = [sum(len(p) + len(c) for p, c in (t["chosen"], t["rejected"])) for t in sides]
     return statistics.mean(lens) * BATCH
 
 
@@ -122,10 +125,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/train_vs_trl.json")
+    ap.add_argument("--gpu", action="store_true", help="rayalign alone, 1 worker on 1 GPU")
+    ap.add_argument("--trainers", default="sft,dpo", help="with --gpu: which to time")
     args = ap.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=1 if args.gpu else 0, include_dashboard=False, log_to_driver=False)
+    if args.gpu:
+        return gpu_only(args)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -146,6 +153,20 @@ def main() -> None:
                     f"2x1 / TRL = {results[trainer]['ratio_2x1_vs_trl']:.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def gpu_only(args) -> None:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = make_inputs(root)
+        for trainer in args.trainers.split(","):
+            step_s = rayalign_run(inputs, trainer, args.steps, 1, 2, root / f"gpu_{trainer}", use_gpu=True)
+            results[trainer] = {"tokens_per_s": tokens_per_batch(inputs, trainer) / step_s, "median_step_s": step_s}
+            print(f"{trainer}: rayalign 1 GPU worker {results[trainer]['tokens_per_s']:,.0f} tok/s "
+                  f"(median step {step_s * 1000:.1f} ms)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), **results}, indent=2))
 
 
 if __name__ == "__main__":

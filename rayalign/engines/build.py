@@ -12,9 +12,14 @@ from rayalign.engines.base import GenerationEngine
 
 
 def build_engine(kind: Literal["vllm", "hf"], model: ModelConfig, *, max_model_len: int | None,
-                 gpu_memory_utilization: float = 0.2, kv_cache_gib: int = 1, seed: int = 0) -> GenerationEngine:
-    """``kind`` "vllm" (CUDA vLLM, or the CPU build's KV cache of ``kv_cache_gib``) or "hf" (transformers,
-    on the GPU when there is one)."""
+                 gpu_memory_utilization: float = 0.2, kv_cache_gib: int = 1, seed: int = 0,
+                 use_gpu: bool | None = None) -> GenerationEngine:
+    """``kind`` "vllm" (CUDA vLLM, or the CPU build's KV cache of ``kv_cache_gib``) or "hf" (transformers).
+
+    ``use_gpu``: whether the HF engine may take the GPU. A Ray actor passes whether it reserved one
+    (``num_gpus > 0``): Ray 2.60 no longer hides the GPUs from zero-GPU actors (ray#54868), so "CUDA is
+    there" would put every such actor on GPU 0 beside the learners. None (one process, no Ray): the GPU
+    when there is one."""
     if kind == "vllm":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from rayalign.engines.vllm_engine import VLLMEngine
@@ -23,4 +28,6 @@ def build_engine(kind: Literal["vllm", "hf"], model: ModelConfig, *, max_model_l
                           seed=seed)
     from rayalign.engines.hf_engine import HFEngine
 
-    return HFEngine(model, device="cuda" if torch.cuda.is_available() else "cpu")
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    return HFEngine(model, device="cuda" if use_gpu else "cpu")

@@ -29,7 +29,7 @@ class RolloutWorker:
         quiet_actor(torch_threads)
         self.engine = build_engine(cfg.engine, model, max_model_len=max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
-                                   kv_cache_gib=cfg.kv_cache_gib, seed=seed)
+                                   kv_cache_gib=cfg.kv_cache_gib, seed=seed, use_gpu=cfg.num_gpus > 0)
 
     def ready(self) -> bool:
         return True
