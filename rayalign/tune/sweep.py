@@ -97,7 +97,7 @@ def _resources(cfg: RecipeConfig):
 
     if cfg.trainer != "grpo":
         return {"CPU": HEAD_CPU}
-    from rayalign.workers.roles import resource_asks
+    from rayalign.placement import resource_asks
 
     asks = resource_asks(cfg).values()
     roles = {"CPU": sum(a[0] for a in asks), **({"GPU": sum(a[1] for a in asks)} if any(a[1] for a in asks) else {})}
@@ -107,7 +107,7 @@ def _resources(cfg: RecipeConfig):
 def trial_slots(cfg: RecipeConfig, have: dict) -> int:
     """How many trials of ``cfg`` fit the cluster ``have`` at once; refuses a trial that does not fit."""
     if cfg.trainer == "grpo":
-        from rayalign.workers.roles import resource_asks
+        from rayalign.placement import resource_asks
 
         asks = resource_asks(cfg).values()
         cpu, gpu = sum(a[0] for a in asks), sum(a[1] for a in asks)
