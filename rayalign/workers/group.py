@@ -71,6 +71,16 @@ def answers(refs: list, names: list[str], *, role: str, phase: str, timeout_s: f
     return ray.get(refs)
 
 
+def quiet_actor(torch_threads: int) -> None:
+    """Every role actor's first call: its torch thread budget, and no transformers progress bars (one per
+    actor per weight load would bury the driver's progress bar)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(torch_threads)
+    hf_logging.disable_progress_bar()
+
+
 def spawn(cls: type, count: int, *, role: str, num_cpus: float, num_gpus: float = 0, args: tuple = (),
           runtime_env: dict | None = None, timeout_s: float = 120.0, names: list[str] | None = None,
           placed: list[dict] | None = None) -> list[Any]:

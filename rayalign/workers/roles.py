@@ -48,8 +48,8 @@ class RLRoles:
         self.run, self.deadline = Path(t.output_dir).name, cfg.cluster.call_timeout_s
         self.placement = Placement(cfg, self.run, judge)
         self.rollout_args = (cfg.model, r, max_model_len, t.seed)
-        self.rollouts = self._spawn_rollouts(r.num_workers)
         self.max_restarts, self.rollout_restarts, self.notify = r.max_restarts, 0, notify
+        self.rollouts = self._spawn_rollouts(r.num_workers)
         self.learned_unsynced = False
         self.cfg, self.max_steps, self.learner_restarts, self.learners = cfg, max_steps, 0, []
         self.restored_state: TrainerState = self._start_learners(restored)

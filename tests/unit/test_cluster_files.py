@@ -19,7 +19,8 @@ from rayalign.config_io import load_config
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 
-# rayalign's ray.util.metrics series: name -> (kind, tag keys). Ray's exporter names them ray_<name>, a counter
+# rayalign's ray.util.metrics series (rayalign/metrics.RoleGauges) and the Serve queue Ray Serve records
+# itself: name -> (kind, tag keys). Ray's exporter names them ray_<name>, a counter
 # ray_<name>_total, and turns each tag key into a label (ray/_private/telemetry/open_telemetry_metric_recorder.py).
 METRICS = {
     "rayalign_phase_seconds": ("gauge", {"run", "role", "phase"}),
@@ -29,7 +30,7 @@ METRICS = {
     "rayalign_mismatch_kl": ("gauge", {"run"}),
     "rayalign_sync_seconds": ("gauge", {"run"}),
     "rayalign_restarts": ("counter", {"run", "role"}),
-    "rayalign_serve_queue_depth": ("gauge", {"app"}),
+    "serve_deployment_queued_queries": ("gauge", {"deployment", "application", "handle", "actor_id"}),  # Serve's own
 }
 EXPORTED = {f"ray_{name}" + ("_total" if kind == "counter" else ""): tags for name, (kind, tags) in METRICS.items()}
 
@@ -191,7 +192,7 @@ def test_dashboard_queries_only_rayalign_series_with_their_labels():
     assert any(p.get("repeat") == "role" for p in dash["panels"])
     used = set()
     for query in _queries(dash):
-        names = set(re.findall(r"\b(?:ray_)?rayalign_\w+", query))
+        names = set(re.findall(r"\b(?:ray_)?(?:rayalign|serve)_\w+", query))
         assert names and names <= set(EXPORTED), f"unknown series in {query}"
         used |= names
         labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", query))
@@ -202,3 +203,10 @@ def test_dashboard_queries_only_rayalign_series_with_their_labels():
     assert used == set(EXPORTED), f"series without a panel: {set(EXPORTED) - used}"
     readme = (CLUSTER / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in EXPORTED)
+
+
+def test_the_dashboards_series_are_the_ones_rayalign_records():
+    source = (ROOT / "rayalign" / "metrics.py").read_text()
+    recorded = set(re.findall(r'(?:Gauge|Counter)\("(rayalign_\w+)"', source))
+    assert recorded == {name for name in METRICS if name.startswith("rayalign_")}
+    assert 'Counter("rayalign_restarts"' in source and METRICS["rayalign_restarts"][0] == "counter"
