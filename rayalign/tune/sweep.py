@@ -68,10 +68,11 @@ def _check_state_api() -> None:
     """A trial that Tune stops (ASHA, PBT, the end) is killed while Ray Train shuts its workers down; their
     placement group is then removed by Ray Train's cleaner, which polls the State API (the dashboard).
     Without it the groups leak and later trials wait for CPUs forever."""
+    import ray
     from ray.util.state import list_actors
 
     try:
-        list_actors(limit=1, raise_on_missing_output=False)
+        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, raise_on_missing_output=False)
     except Exception as exc:  # the state client raises several types when the dashboard is absent
         raise UserError("sweeps need Ray's dashboard (its State API frees a stopped trial's Ray Train workers): "
                         "let rayalign start Ray, or start yours with `ray start --head --include-dashboard true` "
