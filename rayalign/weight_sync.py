@@ -34,13 +34,14 @@ def verify(engine_fps: dict[int, tuple[float, float]], learner_fp: tuple[float, 
                                   "weights") from None
 
 
-def sync_weights(learners: list, rollouts: dict[int, object], timeout_s: float | None = None) -> tuple[float, float]:
+def sync_weights(learners: list, rollouts: dict[int, object], timeout_s: float | None = None,
+                 names: list[str] | None = None) -> tuple[float, float]:
     """Send the learners' weights to the rollout workers (by index) and verify them; returns the
-    fingerprint. A worker whose engine died raises ``RolloutFailed`` naming it; a learner or worker that
-    does not answer within ``timeout_s``, ``RoleTimeout``."""
+    fingerprint. A worker whose engine died raises ``RolloutFailed`` naming it; a learner (``names``) or
+    worker that does not answer within ``timeout_s``, ``RoleTimeout``."""
     calls = [learner.gather_weights.options(num_returns=2).remote() for learner in learners]
     weights = calls[0][0]
-    learner_fp, *_ = answers([c[1] for c in calls], [f"learner-{i}" for i in range(len(learners))],
+    learner_fp, *_ = answers([c[1] for c in calls], names or [f"learner-{i}" for i in range(len(learners))],
                              role="learner", phase="sync", timeout_s=timeout_s)  # every rank's half of the gather
     loads = {i: worker.load_weights.remote(weights) for i, worker in rollouts.items()}
     _, late = ray.wait(list(loads.values()), num_returns=len(loads), timeout=timeout_s)

@@ -15,6 +15,7 @@ worker and the engine's root cause.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -45,7 +46,9 @@ class RLRoles:
     def __init__(self, cfg: RecipeConfig, max_steps: int, max_model_len: int, restored: str | None,
                  judge: JudgeConfig | None = None, notify: Callable[[str], None] = print):
         r, t = cfg.rollout, cfg.training
-        self.run, self.deadline = Path(t.output_dir).name, cfg.cluster.call_timeout_s
+        # <output_dir's name>-<4 hex>: the dashboard groups a run's actors; two runs into one output_dir
+        # (a resume right after a stop) never compete for a name Ray has not yet released
+        self.run, self.deadline = f"{Path(t.output_dir).name}-{secrets.token_hex(2)}", cfg.cluster.call_timeout_s
         self.placement = Placement(cfg, self.run, judge)
         self.rollout_args = (cfg.model, r, max_model_len, t.seed)
         self.max_restarts, self.rollout_restarts, self.notify = r.max_restarts, 0, notify
@@ -124,7 +127,8 @@ class RLRoles:
         self.notify(f"{failed}; restarting it ({self.rollout_restarts} of at most {self.max_restarts})")
         stop([self.rollouts[failed.index]])
         [self.rollouts[failed.index]] = self._spawn_rollouts(1, failed.index)
-        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.deadline.sync)
+        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.deadline.sync,
+                     self.learner_names)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
@@ -160,7 +164,7 @@ class RLRoles:
 
     def sync(self) -> tuple[float, float]:
         fingerprint = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts)),
-                                                                self.deadline.sync))
+                                                                self.deadline.sync, self.learner_names))
         self.learned_unsynced = False
         return fingerprint
 

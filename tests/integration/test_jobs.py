@@ -6,6 +6,7 @@ GRPO job leaves a complete checkpoint and a second job resumes from it."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -37,12 +38,13 @@ def _free_port() -> int:
 def head():
     """(dashboard address, env with rayalign on PATH, metrics export port) of a Ray head this module starts
     and ends."""
-    from ray.job_submission import JobSubmissionClient
-
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     dash, metrics = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # Ray 2.60 clusters use token auth by default; clients send ~/.ray/auth_token with RAY_AUTH_MODE=token
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # this process's JobSubmissionClient and State API calls
     starter = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -50,25 +52,37 @@ def head():
          f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            JobSubmissionClient(address).list_jobs()
-            break
-        except Exception:
-            if time.time() > deadline or starter.poll() is not None:
-                raise
-            time.sleep(1)
     try:
-        yield address, env, metrics
+        _wait_up(f"http://127.0.0.1:{dash}", starter)
+        yield f"http://127.0.0.1:{dash}", env, metrics
     finally:
-        started = psutil.Process(starter.pid).children(recursive=True) + [psutil.Process(starter.pid)]
+        try:
+            started = psutil.Process(starter.pid).children(recursive=True) + [psutil.Process(starter.pid)]
+        except psutil.NoSuchProcess:
+            started = []
         starter.terminate()
         _, alive = psutil.wait_procs(started, timeout=30)
         for proc in alive:
             proc.kill()
         shutil.rmtree(temp, ignore_errors=True)
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before
+
+
+def _wait_up(address: str, starter: subprocess.Popen, timeout: float = 120) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return
+        except Exception:
+            if time.time() > deadline or starter.poll() is not None:
+                raise
+            time.sleep(1)
 
 
 def submit(head, cwd: Path, *entrypoint: str, timeout=600) -> subprocess.CompletedProcess:
@@ -80,7 +94,6 @@ def submit(head, cwd: Path, *entrypoint: str, timeout=600) -> subprocess.Complet
 
 def role_series(port: int) -> list[tuple[str, dict]]:
     """(name, labels) of the ``rayalign`` series on a node's Prometheus export."""
-    import re
     import urllib.request
 
     try:
@@ -148,7 +161,9 @@ def test_grpo_job_stopped_then_resumed_through_the_python_client(head, tiny_mode
 
     alive = {a.name for a in list_actors(address=head[0], filters=[("state", "=", "ALIVE")], limit=1000)}
     client.stop_job(job_id)
-    assert {"rayalign:out:rollout-0", "rayalign:out:learner-0", "rayalign:out:reward-0"} <= alive, alive
+    [run] = {name.split(":")[1] for name in alive if name and name.startswith("rayalign:")}
+    assert re.fullmatch(r"out-[0-9a-f]{4}", run), alive  # the output_dir's name and a 4-hex run id
+    assert {f"rayalign:{run}:rollout-0", f"rayalign:{run}:learner-0", f"rayalign:{run}:reward-0"} <= alive, alive
     # the dashboard reads like the architecture: per-role series on Ray's metrics export, named actors
     assert {"rollout", "reward", "learner"} <= {labels["role"] for name, labels in series
                                                  if name == "ray_rayalign_phase_seconds"}, series
