@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from rayalign.errors import DEBUG_ENV, Interrupted, NotBuiltError, RunError, UserError
+from rayalign.errors import DEBUG_ENV, Interrupted, RunError, UserError
 
 app = typer.Typer(help="Ray-native LLM post-training.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -220,14 +220,20 @@ def infer(ctx: typer.Context,
         run.batch(cfg.model, cfg.infer, source, output, typer.echo)
 
 
-def _not_built(name: str, what: str) -> None:
-    @app.command(name=name, context_settings=OVERRIDES, help=f"{what} (not built yet).")
-    def _cmd(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"'rayalign {name}' is not built yet")
+@app.command(context_settings=OVERRIDES)
+def tune(ctx: typer.Context, config: Path = ConfigOpt,
+         output_dir: Optional[Path] = typer.Option(None, "--output_dir", "--output-dir",
+                                                   help="the sweep's directory (default: training.output_dir)"),
+         resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep (finished trials kept)")
+         ) -> None:
+    """Hyperparameter sweep on Ray Tune over any recipe key (tune: section), for every trainer."""
+    from rayalign.config_io import load_config
+    from rayalign.tune import run
 
-
-for _name, _what in (("tune", "Hyperparameter sweep with Ray Tune"),):
-    _not_built(_name, _what)
+    cfg = load_config(config, ctx.args + (["--training.output_dir", str(output_dir)] if output_dir else []))
+    if cfg.data is None:
+        raise UserError(f"{config}: data: required key is missing (a sweep trains: it needs data.train)")
+    run(cfg, echo=typer.echo, resume=resume)
 
 
 @data_app.command("validate")

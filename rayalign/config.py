@@ -96,7 +96,8 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps; null = at the end")
     save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps; null = at the end")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept; null keeps all")
-    resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint")
+    resume: Literal["never", "auto"] = Field("never", description="auto: continue from the last checkpoint (its "
+                                             "step, optimizer state and schedule, at this recipe's learning_rate)")
     overwrite: bool = Field(False, description="replace an earlier run in output_dir (its final model, metrics "
                             "and checkpoints); without it a used output_dir is refused")
     stop_after_steps: int | None = Field(
@@ -379,14 +380,32 @@ class EvalConfig(Section):
     output_dir: str = Field("outputs/eval", description="results.json goes here")
 
 
+class SchedulerConfig(Section):
+    name: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo: run every trial to the end; asha: "
+                                                 "stop poor trials early; pbt: copy good trials' checkpoints")
+    grace_period: int = Field(2, gt=0, description="asha: reports (logged steps) a trial runs before it can stop")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor of trials at each rung")
+    perturbation_interval: int = Field(4, gt=0, description="pbt: reports between exploit/explore decisions "
+                                       "(a multiple of training.save_steps / logging_steps)")
+    mutations: list[str] = Field(default_factory=list, description="pbt: search_space keys it may perturb; "
+                                 "empty: all of them")
+    quantile_fraction: float = Field(0.5, gt=0, le=0.5, description="pbt: the bottom share copies the top share")
+
+
 class TuneConfig(Section):
-    metric: str = Field("eval_loss", description="metric reported by each trial")
+    metric: str = Field("eval_loss", description="a key the trainer logs to metrics.jsonl, reported every "
+                        "logged step (eval_loss, loss, reward_mean, accuracy, ...)")
     mode: Literal["min", "max"] = Field("min", description="minimise or maximise the metric")
-    num_samples: int = Field(4, gt=0, description="trials")
+    num_samples: int = Field(4, gt=0, description="trials (with grid values: repeats of the whole grid)")
     search_space: dict[str, Any] = Field(
-        default_factory=dict, description="dotted key -> {choice|uniform|loguniform: ...}"
-    )
-    max_concurrent_trials: int = Field(1, gt=0, description="trials running at once")
+        default_factory=dict, description="dotted recipe key -> {grid|choice: [values]} or "
+        "{uniform|loguniform|randint: [low, high]}")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="trials running at once; null: as many "
+                                              "as the cluster's CPUs/GPUs fit")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="trial scheduler")
+    search_alg: Literal["random", "optuna"] = Field("random", description="random/grid sampling, or Optuna's "
+                                                    "TPE (pip install 'rayalign[tune]')")
+    seed: int | None = Field(0, description="seed of the search (null: unseeded)")
 
 
 class RecipeConfig(Section):

@@ -18,10 +18,6 @@ class DataError(UserError):
     """A dataset that is missing, empty, or has a row that does not fit its format."""
 
 
-class NotBuiltError(UserError):
-    """A command or option that exists in the interface but whose implementation has not landed."""
-
-
 class RunError(Exception):
     """A run stopped by a failure of its machinery, not of the user's input: an engine or a worker died
     (past its restarts). The message names the role, the worker and the root cause; the CLI prints it as

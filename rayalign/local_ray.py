@@ -24,12 +24,35 @@ def ensure(**init_kwargs) -> None:
 
     if ray.is_initialized():
         return
+    if _starts_local() and init_kwargs.get("include_dashboard") is not False and "dashboard_port" not in init_kwargs:
+        # Ray's State API finds "the" local Ray by looking for GCS processes and gives up when there are
+        # two (another user's, a test suite's); Ray Train's placement-group cleaner, in our workers, uses
+        # it. So the dashboard gets a known port, and this process and its raylet's workers name it.
+        port = _free_port()
+        init_kwargs["dashboard_port"] = port
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(**init_kwargs)
     import psutil
 
     if any("raylet" in p.name() for p in psutil.Process().children(recursive=True)):
         subprocess.Popen([sys.executable, "-m", "rayalign.local_ray", str(os.getpid())], start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _starts_local() -> bool:
+    """Whether ``ray.init()`` will start a Ray here rather than join one (as Ray decides: ``RAY_ADDRESS``,
+    else the address file ``ray start`` leaves)."""
+    from ray._common.utils import get_ray_address_file
+
+    return not os.environ.get("RAY_ADDRESS") and not os.path.exists(get_ray_address_file(None))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def reap(driver_pid: int, poll_s: float = 1.0) -> list[int]:

@@ -143,8 +143,9 @@ def reward_judge(cfg: RecipeConfig) -> JudgeConfig | None:
     return judge
 
 
-def run(cfg: RecipeConfig, echo=print) -> Path | None:
-    """Train ``cfg`` (trainer: grpo); returns ``OUTPUT_DIR/final`` (None when stopped early)."""
+def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
+    """Train ``cfg`` (trainer: grpo); returns ``OUTPUT_DIR/final`` (None when stopped early). ``reporter``: a
+    sweep trial's (``tune/trial.py``), which gets every logged step."""
     cfg = local_paths(cfg)
     t, a = cfg.training, cfg.algorithm
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
@@ -164,7 +165,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
             roles = RLRoles(cfg, max_steps, cfg.data.train.max_length,
                             str(c.resume_from) if c.resume_from else None, judge, notify=tqdm.write)
             try:
-                state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id, stop)
+                state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id, stop, reporter)
             finally:
                 roles.shutdown()
         if stop.requested:
@@ -182,7 +183,7 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
 
 
 def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: int, c: Claim,
-           pad_id: int, stop: GracefulStop) -> TrainerState:
+           pad_id: int, stop: GracefulStop, reporter=None) -> TrainerState:
     t, a, out = cfg.training, cfg.algorithm, c.out
     state = roles.restored_state
     roles.sync()  # engines start from the model on disk; from here on they run the learner's weights
@@ -208,6 +209,9 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
             if state.step == stop_at or stop.requested or (t.save_steps and state.step % t.save_steps == 0):
                 roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
                 saved = state.step
+            if reporter is not None and (state.step % t.logging_steps == 0 or saved == state.step):
+                reporter.step({"step": state.step, **{k: v for k, v in metrics.items() if math.isfinite(v)}},
+                              out / RUN_NAME / f"checkpoint-{state.step:06d}" if saved == state.step else None)
     except RunError as exc:
         # A rollout worker failed, not the learners: unless they already took the failed step's update,
         # they hold exactly the finished steps, kept as a checkpoint to resume from.

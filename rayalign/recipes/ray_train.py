@@ -65,13 +65,13 @@ def _check_resources(cfg: RecipeConfig) -> None:
                         f"has {have.get('GPU', 0):g}")
 
 
-def _fit(trainer: TorchTrainer, out: Path):
+def _fit(trainer: TorchTrainer, out: Path, wait=None):
     """``trainer.fit()``; a user error or a run guard's stop raised inside a worker comes back as that one
     line (a stop names the last checkpoint to resume from)."""
     from ray.train import WorkerGroupError
 
     try:
-        return _in_thread(trainer.fit)
+        return _in_thread(trainer.fit, wait)
     except WorkerGroupError as exc:
         for rank, failure in sorted(exc.worker_failures.items()):
             cause = getattr(failure, "cause", None) or failure
@@ -85,9 +85,11 @@ def _fit(trainer: TorchTrainer, out: Path):
         raise
 
 
-def _in_thread(fn):
+def _in_thread(fn, wait=None):
     """``fn()`` on a helper thread while the main thread waits: the main thread keeps taking signals, so
-    ``GracefulStop`` (not Ray Train's own SIGINT handler, which aborts without a checkpoint) decides."""
+    ``GracefulStop`` (not Ray Train's own SIGINT handler, which aborts without a checkpoint) decides.
+    ``wait(timeout)`` (a sweep trial's reporter) is what the waiting thread does meanwhile, and once more
+    at the end."""
     box: dict = {}
 
     def target():
@@ -99,14 +101,17 @@ def _in_thread(fn):
     thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     thread.start()
     while thread.is_alive():
-        thread.join(0.2)
+        (wait or thread.join)(0.2)
+    if wait is not None:
+        wait(0.0)
     if "error" in box:
         raise box["error"]
     return box["result"]
 
 
-def run(cfg: RecipeConfig, echo=print) -> Path | None:
+def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
     """Train ``cfg``; returns ``OUTPUT_DIR/final`` (None when ``stop_after_steps`` ended the launch early).
+    ``reporter``: a sweep trial's (``tune/trial.py``), which gets every logged step.
     Cheap checks first (data rows, the model's files, the output directory, tokenised rows against the
     step size, the cluster's resources), then the expensive work (the DPO family's reference pass, training)."""
     cfg = local_paths(cfg)
@@ -123,11 +128,11 @@ def run(cfg: RecipeConfig, echo=print) -> Path | None:
             _check_resources(cfg)
             if cfg.trainer in ("dpo", "kto"):
                 train_rows, eval_rows = dpo.with_reference(cfg, train_rows, eval_rows, tokenizer.pad_token_id)
-            return _launch(cfg, c, train_rows, eval_rows, max_steps, stop, echo)
+            return _launch(cfg, c, train_rows, eval_rows, max_steps, stop, echo, reporter)
 
 
 def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, stop: GracefulStop,
-            echo) -> Path | None:
+            echo, reporter=None) -> Path | None:
     out = c.out
     # rayalign's listing decides what to resume from; Ray Train keeps its own list per launch only (its
     # snapshot of an earlier launch could name a checkpoint that was torn or deleted since)
@@ -139,7 +144,7 @@ def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, 
     spec = LoopSpec(trainer=cfg.trainer, model=cfg.model, training=cfg.training.model_copy(update={"output_dir": str(out)}),
                     preference=cfg.preference, strategy=s.strategy, use_gpu=s.use_gpu,
                     torch_threads=s.torch_threads, max_steps=max_steps, train_rows=[],
-                    shuffle=cfg.data.train.shuffle, run=c.run)
+                    shuffle=cfg.data.train.shuffle, run=c.run, report_logged=reporter is not None)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "train_rows": ray.put(train_rows),
@@ -153,10 +158,11 @@ def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, 
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.save_total_limit),
                              # Ray Train logs a failed worker's whole traceback (worker and controller); ours
                              # is one line (``_fit``): the traceback stays in Ray's log files, or --debug
-                             logging_config=LoggingConfig(log_level="INFO" if debugging() else "CRITICAL")),
+                             logging_config=LoggingConfig(log_level="INFO" if debugging() else "CRITICAL"),
+                             callbacks=reporter.train_callbacks() if reporter else None),
     )
     stop.in_loop = True
-    _fit(trainer, out)
+    _fit(trainer, out, reporter.pump if reporter else None)
     prune(out, cfg.training.save_total_limit)  # Ray Train prunes this launch's; this counts earlier ones too
     saved = checkpoints(out)
     state = read_state(saved[-1]) if saved else TrainerState()

@@ -51,6 +51,7 @@ class LoopSpec:
     eval_rows: list[dict] | None = None
     shuffle: bool = True
     run: dict = field(default_factory=dict)  # checkpoint.run_identity: sealed into every checkpoint
+    report_logged: bool = False  # report every logged step (a sweep trial's scheduler reads them), not only saves
 
 
 @dataclass
@@ -86,7 +87,19 @@ def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, ma
         opt_state, sched_state, state = load_training_state(restored)
         sharding.load_optimizer_state(model, optimizer, opt_state)
         scheduler.load_state_dict(sched_state)
+        configured_learning_rate(optimizer, scheduler, t.learning_rate)
     return model, optimizer, scheduler, state
+
+
+def configured_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """The recipe's learning rate wins over the checkpoint's (a resumed run whose recipe changed it, or a
+    PBT trial whose explore step did): the schedule goes on from the restored step with ``lr`` as its peak.
+    With the same ``lr`` this recomputes the restored value exactly."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _reference(spec: LoopSpec, device: torch.device):
@@ -141,6 +154,8 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
             bar.update(1)
         if state.step == stop_at or stopping or (t.save_steps and state.step % t.save_steps == 0):
             _save(spec, model, optimizer, scheduler, state, tokenizer, hooks, metrics, rank)
+        elif spec.report_logged and state.step % t.logging_steps == 0:  # a sweep's trial: every logged step
+            hooks.report(_reported(state, metrics), None, "")
         if stopping:
             break
     if log:
@@ -210,4 +225,5 @@ def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, met
 
 
 def _reported(state: TrainerState, metrics: dict) -> dict:
-    return {"step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
+    finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return {"step": state.step, **finite}

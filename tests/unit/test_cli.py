@@ -35,12 +35,6 @@ def test_help_lists_every_command(capsys):
         assert f" {cmd} " in out
 
 
-@pytest.mark.parametrize("cmd", ["tune"])
-def test_unbuilt_commands_say_so(cmd, capsys):
-    code, out, err = run([cmd, "-c", "x.yaml"], capsys)
-    assert code == 2 and err == f"error: 'rayalign {cmd}' is not built yet\n"
-
-
 def test_serve_needs_a_model(capsys):
     code, _, err = run(["serve"], capsys)
     assert (code, err) == (2, "error: serve needs -c CONFIG or --model PATH_OR_NAME\n")
