@@ -34,7 +34,8 @@ def _wait_step(proc, out, step: int, timeout: float = 300) -> None:
 def test_a_killed_learner_is_rebuilt_and_a_hung_one_stops_the_run_naming_it(tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), "out", learners=1, kl_coef=0.0, max_steps=60,
                       save_steps=2, logging_steps=1, max_failures=1)
-    cfg = with_overrides(cfg, {"cluster.call_timeout_s": {"train": 15, "sync": 15, "save": 15}})
+    cfg = with_overrides(cfg, {"cluster.call_timeout_s": {"train": 15, "sync": 15, "save": 15},
+                               "reward.functions": [{"name": "boxed_answer"}]})  # built in: the CLI imports it
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     proc = subprocess.Popen([EXE, "train", "-c", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -10,33 +10,35 @@ from rl_helpers import grpo_recipe
 
 
 def placed(ray_local, cfg, run):
+    """(the placement, its strategy, its bundles, learner 1's bundle index), the group removed."""
     from ray.util.placement_group import placement_group_table
 
     placement = Placement(cfg, run, timeout_s=30)
     try:
         table = placement_group_table(placement.group)
-        return placement, table["strategy"], [table["bundles"][i] for i in sorted(table["bundles"])]
+        learner_1 = placement.options("learner", len(placement.index["learner"]) - 1)["scheduling_strategy"]
+        return (placement, table["strategy"], [table["bundles"][i] for i in sorted(table["bundles"])],
+                learner_1.placement_group_bundle_index)
     finally:
         placement.remove()
 
 
 def test_separate_gives_each_actor_its_bundle(ray_local, tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, "p.jsonl", tmp_path / "out", learners=2)  # kl 0.05: a reference actor
-    placement, strategy, bundles = placed(ray_local, cfg, "sep")
+    placement, strategy, bundles, last_learner = placed(ray_local, cfg, "sep")
     assert strategy == "SPREAD"
     assert bundles == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}]
     assert placement.index == {"rollout": [0], "learner": [1, 2], "reward": [3], "reference": [4]}
-    option = placement.options("learner", 1)["scheduling_strategy"]
-    assert option.placement_group_bundle_index == 2
+    assert last_learner == 2
 
 
 def test_colocate_puts_learner_i_in_rollout_worker_is_bundle(ray_local, tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, "p.jsonl", tmp_path / "out", learners=1, kl_coef=0.0)
     cfg = with_overrides(cfg, {"cluster.placement": "colocate", "scaling.cpus_per_worker": 0.75})
-    placement, strategy, bundles = placed(ray_local, cfg, "colo")
+    placement, strategy, bundles, last_learner = placed(ray_local, cfg, "colo")
     assert strategy == "PACK"
     assert bundles == [{"CPU": 1.25}, {"CPU": 0.25}]  # rollout 0.5 + learner 0.75; reward
-    assert placement.index == {"rollout": [0], "learner": [0], "reward": [1]}
+    assert placement.index == {"rollout": [0], "learner": [0], "reward": [1]} and last_learner == 0
 
     with pytest.raises(UserError, match=r"cluster.placement: colocate pairs rollout worker i with learner i; "
                                         r"rollout.num_workers \(1\) must equal scaling.num_workers \(2\)"):
