@@ -43,6 +43,7 @@ def head():
     # Ray 2.60 clusters use token auth by default; clients send ~/.ray/auth_token with RAY_AUTH_MODE=token
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_API_SERVER_ADDRESS", None)
     before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"  # this process's JobSubmissionClient and State API calls
     starter = subprocess.Popen(
@@ -51,9 +52,9 @@ def head():
          f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
          f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(Path(temp) / "start.log", "w"))
     try:
-        _wait_up(f"http://127.0.0.1:{dash}", starter)
+        _wait_up(f"http://127.0.0.1:{dash}", starter, Path(temp) / "start.log")
         yield f"http://127.0.0.1:{dash}", env, metrics
     finally:
         try:
@@ -71,7 +72,7 @@ def head():
             os.environ["RAY_AUTH_MODE"] = before
 
 
-def _wait_up(address: str, starter: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_up(address: str, starter: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.time() + timeout
@@ -79,9 +80,10 @@ def _wait_up(address: str, starter: subprocess.Popen, timeout: float = 120) -> N
         try:
             JobSubmissionClient(address).list_jobs()
             return
-        except Exception:
+        except Exception as exc:
             if time.time() > deadline or starter.poll() is not None:
-                raise
+                raise RuntimeError(f"the test's Ray head did not come up ({exc}); ray start said:\n"
+                                   f"{log.read_text()[-3000:]}") from None
             time.sleep(1)
 
 
