@@ -103,7 +103,8 @@ class TrainingConfig(Section):
     stop_after_steps: int | None = Field(
         None, gt=0, description="end this launch after N steps (checkpointed; --resume continues); "
         "for time-limited jobs. The schedule still spans max_steps")
-    max_failures: int = Field(0, ge=-1, description="worker-failure restarts from the last checkpoint; -1 = no limit")
+    max_failures: int = Field(0, ge=-1, description="worker-failure restarts from the last checkpoint (Ray Train "
+                              "workers; GRPO's learner group); -1 = no limit")
 
 
 class ScalingConfig(Section):
@@ -408,6 +409,23 @@ class TuneConfig(Section):
     seed: int | None = Field(0, description="seed of the search (null: unseeded)")
 
 
+class CallTimeouts(Section):
+    """Seconds the RL driver waits for one call on a role before it stops the run naming the role."""
+    generate: float = Field(1800, gt=0, description="rollout workers: one chunk of a step's generation")
+    reference: float = Field(900, gt=0, description="reference actor: one step's log-probs")
+    train: float = Field(1800, gt=0, description="learners: one optimizer step (all its micro batches)")
+    sync: float = Field(900, gt=0, description="learners to rollout workers: one weight sync")
+    save: float = Field(1800, gt=0, description="learners: writing one checkpoint")
+
+
+class ClusterConfig(Section):
+    placement: Literal["separate", "colocate"] = Field(
+        "separate", description="RL roles in one placement group: separate (each actor its own bundle, spread "
+        "over nodes) or colocate (learner i and rollout worker i share a bundle: one node, one GPU split)")
+    call_timeout_s: CallTimeouts = Field(default_factory=CallTimeouts, description="deadline per RL phase call: "
+                                         "past it the run stops naming the role, the actor and the wait")
+
+
 class RecipeConfig(Section):
     trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | grpo")
     model: ModelConfig = Field(..., description="the policy model")
@@ -422,6 +440,7 @@ class RecipeConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="inference service")
     infer: InferConfig = Field(default_factory=InferConfig, description="rayalign infer")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="RL roles on the Ray cluster")
 
 
 TRAINER_DATA_FORMAT: dict[str, str] = {

@@ -16,6 +16,7 @@ import sys
 import time
 
 GRACE_S = 5.0  # after the driver's death: Ray's own fate-sharing goes first
+API = "RAY_API_SERVER_ADDRESS"  # where Ray's State API and job client look first
 
 
 def ensure(**init_kwargs) -> None:
@@ -24,14 +25,21 @@ def ensure(**init_kwargs) -> None:
 
     if ray.is_initialized():
         return
+    before = os.environ.get(API)
     if _starts_local() and init_kwargs.get("include_dashboard") is not False and "dashboard_port" not in init_kwargs:
         # Ray's State API finds "the" local Ray by looking for GCS processes and gives up when there are
         # two (another user's, a test suite's); Ray Train's placement-group cleaner, in our workers, uses
-        # it. So the dashboard gets a known port, and this process and its raylet's workers name it.
-        port = _free_port()
-        init_kwargs["dashboard_port"] = port
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(**init_kwargs)
+        # it. So the dashboard gets a known port, named to the raylet (whose workers inherit its
+        # environment) while it starts; this process's own State API calls name the cluster themselves.
+        init_kwargs["dashboard_port"] = _free_port()
+        os.environ[API] = f"http://127.0.0.1:{init_kwargs['dashboard_port']}"
+    try:
+        ray.init(**init_kwargs)
+    finally:
+        if before is None:
+            os.environ.pop(API, None)
+        else:
+            os.environ[API] = before
     import psutil
 
     if any("raylet" in p.name() for p in psutil.Process().children(recursive=True)):

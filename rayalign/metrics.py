@@ -1,5 +1,5 @@
 """Run outputs every trainer shares: ``metrics.jsonl`` (one object per logged step), TensorBoard events,
-and the phase timer of the RL driver.
+the phase timer of the RL driver, and its per-role series on Ray's metrics export (:class:`RoleGauges`).
 
 Written by rank 0 only. On resume the log is cut back to the restored step, so steps that ran after the
 last checkpoint (and will run again) are not listed twice.
@@ -58,3 +58,47 @@ class MetricsLog:
 
     def close(self) -> None:
         self.tb.close()
+
+
+class RoleGauges:
+    """The RL driver's step metrics per role on Ray's metrics export (Prometheus; Ray prefixes ``ray_``):
+    ``rayalign_phase_seconds{run,role,phase}``, ``rayalign_tokens_per_second{run,role}``,
+    ``rayalign_samples_per_second{run,role}``, ``rayalign_reward_mean{run}``, ``rayalign_mismatch_kl{run}``,
+    ``rayalign_sync_seconds{run}`` and the counter ``rayalign_restarts{run,role}`` (actors replaced; exported
+    as ``ray_rayalign_restarts_total``)."""
+
+    PHASES = {"time_generate_s": ("rollout", "generate"), "time_reward_s": ("reward", "score"),
+              "time_reference_s": ("reference", "reference"), "time_learner_s": ("learner", "train"),
+              "time_sync_s": ("learner", "sync")}
+
+    def __init__(self, run: str):
+        from ray.util.metrics import Counter, Gauge
+
+        self.run = run
+        role = ("run", "role")
+        self.phase = Gauge("rayalign_phase_seconds", "seconds of the last step's phase", ("run", "role", "phase"))
+        self.tokens = Gauge("rayalign_tokens_per_second", "completion tokens per second of the role's phase", role)
+        self.samples = Gauge("rayalign_samples_per_second", "samples per second of the role's phase", role)
+        self.reward = Gauge("rayalign_reward_mean", "mean reward of the last step", ("run",))
+        self.mismatch = Gauge("rayalign_mismatch_kl", "KL(rollout engine || learner) on sampled tokens", ("run",))
+        self.sync = Gauge("rayalign_sync_seconds", "seconds of the last weight sync", ("run",))
+        self.restarts = Counter("rayalign_restarts", "actors of the role replaced", role)
+        self.counted: dict[str, int] = {}
+
+    def observe(self, metrics: dict[str, float], samples: int, restarts: dict[str, int]) -> None:
+        tokens = metrics.get("response_length", 0.0) * samples
+        for key, (role, phase) in self.PHASES.items():
+            if key in metrics:
+                self.phase.set(metrics[key], {"run": self.run, "role": role, "phase": phase})
+        for role, key in (("rollout", "time_generate_s"), ("learner", "time_learner_s"), ("reward", "time_reward_s")):
+            if metrics.get(key):
+                self.samples.set(samples / metrics[key], {"run": self.run, "role": role})
+                if role != "reward":
+                    self.tokens.set(tokens / metrics[key], {"run": self.run, "role": role})
+        for gauge, key in ((self.reward, "reward_mean"), (self.mismatch, "mismatch_kl"), (self.sync, "time_sync_s")):
+            if key in metrics and math.isfinite(metrics[key]):
+                gauge.set(metrics[key], {"run": self.run})
+        for role, count in restarts.items():
+            if count > self.counted.get(role, 0):  # a counter only goes up: the series appears at the first
+                self.restarts.inc(float(count - self.counted.get(role, 0)), {"run": self.run, "role": role})
+                self.counted[role] = count

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ray
 
 from rayalign.engines.base import check_sync
+from rayalign.workers.group import RoleTimeout, answers
 from rayalign.workers.rollout import result
 
 
@@ -33,13 +34,20 @@ def verify(engine_fps: dict[int, tuple[float, float]], learner_fp: tuple[float, 
                                   "weights") from None
 
 
-def sync_weights(learners: list, rollouts: dict[int, object]) -> tuple[float, float]:
+def sync_weights(learners: list, rollouts: dict[int, object], timeout_s: float | None = None,
+                 names: list[str] | None = None) -> tuple[float, float]:
     """Send the learners' weights to the rollout workers (by index) and verify them; returns the
-    fingerprint. A worker whose engine died raises ``RolloutFailed`` naming it."""
+    fingerprint. A worker whose engine died raises ``RolloutFailed`` naming it; a learner (``names``) or
+    worker that does not answer within ``timeout_s``, ``RoleTimeout``."""
     calls = [learner.gather_weights.options(num_returns=2).remote() for learner in learners]
-    weights, fingerprint = calls[0]
-    ray.get([c[1] for c in calls[1:]])  # the other ranks' halves of the collective
-    learner_fp = ray.get(fingerprint)
+    weights = calls[0][0]
+    learner_fp, *_ = answers([c[1] for c in calls], names or [f"learner-{i}" for i in range(len(learners))],
+                             role="learner", phase="sync", timeout_s=timeout_s)  # every rank's half of the gather
     loads = {i: worker.load_weights.remote(weights) for i, worker in rollouts.items()}
+    _, late = ray.wait(list(loads.values()), num_returns=len(loads), timeout=timeout_s)
+    if late:
+        names = ", ".join(f"rollout worker {i}" for i, ref in loads.items() if ref in late)
+        raise RoleTimeout(f"{names}: sync did not answer within {timeout_s:g} s (cluster.call_timeout_s.sync); "
+                          "the actor is hung or its node is gone", "rollout")
     verify({i: result("rollout worker", i, ref) for i, ref in loads.items()}, learner_fp)
     return learner_fp

@@ -46,7 +46,7 @@ from rayalign.data.tokenize import Overlong
 from rayalign.engines.base import SamplingSpec
 from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
-from rayalign.metrics import MetricsLog, PhaseTimer
+from rayalign.metrics import MetricsLog, PhaseTimer, RoleGauges
 from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import check_step_fits, local_paths
@@ -56,6 +56,7 @@ from rayalign.rewards.builtin import boxed_answer
 from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
 from rayalign.training.guards import RewardFailures
+from rayalign.workers.group import RoleDied, RoleTimeout
 from rayalign.workers.reward import Sample
 from rayalign.workers.roles import RLRoles
 
@@ -192,30 +193,50 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     log = MetricsLog(out, state.step)
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", unit="step")
     failures = RewardFailures(cfg.reward.max_failure_share, cfg.reward.failure_patience)
+    gauges = RoleGauges(roles.run)
     saved = state.step
     stop.in_loop = True
     try:
         while state.step < stop_at and not stop.requested:
-            rows = [prompts[i] for i in order.step_indices(state.step)]
-            metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
-            state.step += 1
-            state.samples_seen += a.prompts_per_step
-            state.epoch = state.samples_seen / len(prompts)
-            metrics["epoch"] = state.epoch
-            if state.step % t.logging_steps == 0 or state.step == stop_at or stop.requested:
-                log.log(state.step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
-            bar.update(1)
-            if state.step == stop_at or stop.requested or (t.save_steps and state.step % t.save_steps == 0):
-                roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
-                saved = state.step
-            if reporter is not None and (state.step % t.logging_steps == 0 or saved == state.step):
-                reporter.step({"step": state.step, **{k: v for k, v in metrics.items() if math.isfinite(v)}},
-                              out / RUN_NAME / f"checkpoint-{state.step:06d}" if saved == state.step else None)
+            try:
+                rows = [prompts[i] for i in order.step_indices(state.step)]
+                metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
+                gauges.observe(metrics, a.prompts_per_step * a.group_size, roles.restarts())
+                state.step += 1
+                state.samples_seen += a.prompts_per_step
+                state.epoch = state.samples_seen / len(prompts)
+                metrics["epoch"] = state.epoch
+                if state.step % t.logging_steps == 0 or state.step == stop_at or stop.requested:
+                    log.log(state.step, metrics)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
+                bar.update(1)
+                if state.step == stop_at or stop.requested or (t.save_steps and state.step % t.save_steps == 0):
+                    roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit,
+                               c.run)
+                    saved = state.step
+                if reporter is not None and (state.step % t.logging_steps == 0 or saved == state.step):
+                    reporter.step({"step": state.step, **{k: v for k, v in metrics.items() if math.isfinite(v)}},
+                                  out / RUN_NAME / f"checkpoint-{state.step:06d}" if saved == state.step else None)
+            except RoleDied as exc:
+                if exc.role != "learner":
+                    raise
+                if 0 <= t.max_failures <= roles.learner_restarts:
+                    raise RoleDied(f"{exc}; stopping: {roles.learner_restarts} learner restart(s) already "
+                                   f"(training.max_failures={t.max_failures})", "learner") from None
+                last = checkpoints(out)
+                limit = "no limit" if t.max_failures < 0 else f"of at most {t.max_failures}"
+                tqdm.write(f"{exc}; rebuilding the learners from {last[-1].name if last else 'the initial model'} "
+                           f"(restart {roles.learner_restarts + 1}, {limit})")
+                state = roles.rebuild_learners(str(last[-1]) if last else None)
+                log.close()
+                log, saved = MetricsLog(out, state.step), state.step  # steps after it are logged again, once
+                bar.n = state.step
+                bar.refresh()
     except RunError as exc:
-        # A rollout worker failed, not the learners: unless they already took the failed step's update,
+        # Another role failed or hung, not the learners: unless they already took the failed step's update,
         # they hold exactly the finished steps, kept as a checkpoint to resume from.
-        if state.step > saved and not roles.learned_unsynced:
+        learners_answer = not (isinstance(exc, (RoleTimeout, RoleDied)) and exc.role == "learner")
+        if state.step > saved and not roles.learned_unsynced and learners_answer:
             roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
             saved = state.step
         where = f"; continue from checkpoint-{saved:06d} with --resume" if saved else ""

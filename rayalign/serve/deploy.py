@@ -104,7 +104,16 @@ def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Call
     except KeyboardInterrupt:
         echo("stopping")
     finally:
-        serve.delete(cfg.app_name)
+        _delete(cfg.app_name)
+
+
+def _delete(name: str, wait_s: float = 30.0) -> None:
+    """Delete the app, waiting at most ``wait_s`` (a Ctrl-C must not hang on a slow replica shutdown; a
+    local Ray goes down with this process anyway)."""
+    serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and name in serve.status().applications:
+        time.sleep(0.5)
 
 
 def stop_detached(name: str, echo: Callable[[str], None]) -> None:

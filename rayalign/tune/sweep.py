@@ -98,7 +98,7 @@ def _resources(cfg: RecipeConfig):
 
     if cfg.trainer != "grpo":
         return {"CPU": HEAD_CPU}
-    from rayalign.workers.roles import resource_asks
+    from rayalign.placement import resource_asks
 
     asks = resource_asks(cfg).values()
     roles = {"CPU": sum(a[0] for a in asks), **({"GPU": sum(a[1] for a in asks)} if any(a[1] for a in asks) else {})}
@@ -108,7 +108,7 @@ def _resources(cfg: RecipeConfig):
 def trial_slots(cfg: RecipeConfig, have: dict) -> int:
     """How many trials of ``cfg`` fit the cluster ``have`` at once; refuses a trial that does not fit."""
     if cfg.trainer == "grpo":
-        from rayalign.workers.roles import resource_asks
+        from rayalign.placement import resource_asks
 
         asks = resource_asks(cfg).values()
         cpu, gpu = sum(a[0] for a in asks), sum(a[1] for a in asks)
@@ -175,6 +175,13 @@ def _max_reports(cfg: RecipeConfig) -> int:
     return max(1, math.ceil((t.max_steps or 10_000) / t.logging_steps))
 
 
+def _trial_id(path: str | None) -> str | None:
+    """The trial's own id from its directory (TRAINABLE_TRIALID_INDEX_...): a PBT exploit copies the donor's
+    last result, ``trial_id`` included, into the taker."""
+    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(path).name) if path else None
+    return found[1] if found else None
+
+
 def _cause(error: BaseException) -> str:
     """The root cause in a trial's error: the first exception line of its (chained, Ray-wrapped) tracebacks,
     not Ray's generic last line ("An unexpected internal error occurred ...")."""
@@ -192,7 +199,7 @@ def _write(cfg: RecipeConfig, results, sweep_dir: Path, echo) -> None:
     rows = []
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}
-        rows.append({"trial_id": metrics.get("trial_id", Path(result.path).name if result.path else "?"),
+        rows.append({"trial_id": _trial_id(result.path) or metrics.get("trial_id", "?"),
                      t.metric: metrics.get(t.metric), "step": metrics.get("step"),
                      "reports": metrics.get("training_iteration"), **config,
                      "error": _cause(result.error) if result.error else ""})

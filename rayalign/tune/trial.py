@@ -18,7 +18,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 
-from rayalign.checkpoint import RUN_NAME, checkpoints, read_state
+from rayalign.checkpoint import MODEL, RUN_NAME, checkpoints, read_state
 from rayalign.config import RecipeConfig
 from rayalign.errors import UserError
 
@@ -72,6 +72,8 @@ def run_trial(config: dict, base: dict, sweep_dir: str) -> None:
     out = Path(sweep_dir) / "trials" / trial_id
     cfg = with_overrides(RecipeConfig.model_validate(base), {**config, "training.output_dir": str(out)})
     cfg = with_overrides(cfg, _start(cfg, out))
+    if _finished(cfg, out):  # PBT's exploit at a last report handed over a finished run: it is this trial's end
+        return
     reporter = TrialReporter(cfg.tune.metric, cfg.tune.scheduler.name == "pbt")
     if cfg.trainer == "grpo":
         from rayalign.recipes.grpo import run
@@ -98,3 +100,14 @@ def _start(cfg: RecipeConfig, out: Path) -> dict:
     if checkpoints(out):  # its own Tune checkpoint is a copy of one of these; the newest complete one wins
         return {"training.resume": "auto"}
     return {"training.overwrite": True}  # a trial restarted before its first checkpoint
+
+
+def _finished(cfg: RecipeConfig, out: Path) -> bool:
+    """A run directory whose newest checkpoint is at ``training.max_steps``: its model becomes final/ (Tune
+    keeps the last result PBT copied with it)."""
+    saved = checkpoints(out)
+    if not (cfg.training.max_steps and saved and read_state(saved[-1]).step >= cfg.training.max_steps):
+        return False
+    shutil.rmtree(out / "final", ignore_errors=True)
+    shutil.copytree(saved[-1] / MODEL, out / "final")
+    return True

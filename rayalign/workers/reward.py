@@ -5,7 +5,7 @@ Every call of a reward function runs under ``reward.timeout_s``: a function that
 its process or returns NaN/inf is reported with its name and the sample, its samples count as failed
 (reward 0 for that term, ``failed`` set), and the run goes on; ``training.guards.RewardFailures`` decides
 when failures are too many to go on. A hung call leaves its thread behind, so the actor that ran
-it is replaced; a dead actor is replaced too.
+it is replaced; a dead actor is replaced too, and the new one scores the dead one's samples again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -24,7 +24,7 @@ from rayalign.judge.dataset import as_text
 from rayalign.judge.judge import Judge, JudgeItem
 from rayalign.judge.parsers import unit_value
 from rayalign.rewards.registry import WeightedReward
-from rayalign.workers.group import spawn
+from rayalign.workers.group import actor_names, spawn
 
 
 @dataclass
@@ -94,17 +94,26 @@ class RewardPool:
     """``reward.num_workers`` actors at ``reward.num_cpus`` each; ``score`` splits samples across them
     (no actors when there are no reward functions), then adds the judge's term when there is a judge."""
 
-    def __init__(self, cfg: RewardConfig, judge: Judge | None = None, start_timeout_s: float = 60.0):
+    def __init__(self, cfg: RewardConfig, judge: Judge | None = None, start_timeout_s: float = 60.0,
+                 run: str | None = None, placed: Callable[[int], dict] = lambda i: {}):
         WeightedReward(cfg.functions)  # unknown names / imports fail here, as one line, before any actor
-        self.cfg, self.judge, self.start_timeout = cfg, judge, start_timeout_s
+        self.cfg, self.judge, self.start_timeout, self.run, self.placed = cfg, judge, start_timeout_s, run, placed
+        self.restarts = 0
         # 'module:fn' rewards import in the actors as they do here: same Python path (on a cluster, ship
         # the module with the job's runtime_env working_dir / py_modules)
         self.runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
-        self.actors = [self._spawn() for _ in range(cfg.num_workers)] if cfg.functions else []
+        self.actors = [self._spawn(i) for i in range(cfg.num_workers)] if cfg.functions else []
 
-    def _spawn(self):
+    def _spawn(self, index: int):
+        names = actor_names(self.run, "reward", 1, index, self.restarts) if self.run else None
         return spawn(RewardWorker, 1, role="reward worker", num_cpus=self.cfg.num_cpus, args=(self.cfg,),
-                     runtime_env=self.runtime_env, timeout_s=self.start_timeout)[0]
+                     runtime_env=self.runtime_env, timeout_s=self.start_timeout, names=names,
+                     placed=[self.placed(index)])[0]
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.actors[index])
+        self.restarts += 1
+        self.actors[index] = self._spawn(index)
 
     def score(self, samples: list[Sample]) -> list[Scored]:
         scored = self._functions(samples) if self.actors else [Scored(0.0, {}) for _ in samples]
@@ -132,21 +141,37 @@ class RewardPool:
         results: list[list[Scored]] = []
         for i, (ref, chunk) in enumerate(zip(refs, chunks)):
             try:
-                scored, hung = ray.get(ref, timeout=0) if ref in done else ([], True)
-                if len(scored) != len(chunk):
-                    raise TimeoutError(f"no answer within {limit:g}s")
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError) as exc:
-                reason = str(exc).splitlines()[0][:200]
-                scored, hung = [Scored(0.0, {}, [f"reward worker {i} failed ({reason}) on {_describe(s)}"],
-                                       ["reward worker"]) for s in chunk], True
+                scored, hung = self._answer(ref, ref in done, chunk, limit)
+            except ray.exceptions.RayActorError:  # the worker died: a new one scores its chunk again
+                self._replace(i)
+                retry = self.actors[i].score.remote(chunk)
+                ready, _ = ray.wait([retry], timeout=limit)
+                try:
+                    scored, hung = self._answer(retry, bool(ready), chunk, limit)
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, TimeoutError) as exc:
+                    scored, hung = self._failed(i, chunk, exc), True
+            except (ray.exceptions.RayTaskError, TimeoutError) as exc:
+                scored, hung = self._failed(i, chunk, exc), True
             if hung:
-                ray.kill(self.actors[i])
-                self.actors[i] = self._spawn()
+                self._replace(i)
             results.append(scored)
         out: list[Scored] = [None] * len(samples)  # type: ignore[list-item]
         for i, scored in enumerate(results):
             out[i::len(self.actors)] = scored
         return out
+
+    @staticmethod
+    def _answer(ref, ready: bool, chunk: list[Sample], limit: float) -> tuple[list[Scored], bool]:
+        scored, hung = ray.get(ref, timeout=0) if ready else ([], True)
+        if len(scored) != len(chunk):
+            raise TimeoutError(f"no answer within {limit:g}s")
+        return scored, hung
+
+    @staticmethod
+    def _failed(index: int, chunk: list[Sample], exc: Exception) -> list[Scored]:
+        reason = str(exc).splitlines()[0][:200]
+        return [Scored(0.0, {}, [f"reward worker {index} failed ({reason}) on {_describe(s)}"], ["reward worker"])
+                for s in chunk]
 
     def shutdown(self) -> None:
         for actor in self.actors:

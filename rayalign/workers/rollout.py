@@ -20,7 +20,7 @@ import torch
 from rayalign.config import ModelConfig, RolloutConfig
 from rayalign.engines.base import Completion, EngineDied, SamplingSpec
 from rayalign.engines.build import build_engine
-from rayalign.workers.group import quiet_actor
+from rayalign.workers.group import RoleTimeout, quiet_actor
 
 
 class RolloutWorker:
@@ -83,10 +83,12 @@ def stop(workers: list[Any], timeout_s: float = 60.0) -> None:
 
 
 def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec, chunk_size: int,
-             role: str = "rollout worker") -> Iterator[tuple[int, list[list[Completion]]]]:
+             role: str = "rollout worker",
+             timeout_s: float | None = None) -> Iterator[tuple[int, list[list[Completion]]]]:
     """Chunks of ``chunk_size`` prompts, one in flight per worker, the next to whichever finishes first;
     yields (index of the chunk's first prompt, its completions) as chunks finish. Prompt j samples with
-    seed + j * n wherever it runs, so the samples do not depend on the number of workers."""
+    seed + j * n wherever it runs, so the samples do not depend on the number of workers. No chunk
+    finishing within ``timeout_s`` is a :class:`RoleTimeout` naming the workers still generating."""
     starts = list(range(0, len(prompts), chunk_size))[::-1]
     running: dict[Any, tuple[int, Any]] = {}
 
@@ -99,7 +101,12 @@ def dispatch(workers: list[Any], prompts: list[list[int]], spec: SamplingSpec, c
     for worker in workers[:len(starts)]:
         submit(worker)
     while running:
-        [ref], _ = ray.wait(list(running), num_returns=1)
+        done, _ = ray.wait(list(running), num_returns=1, timeout=timeout_s)
+        if not done:
+            late = ", ".join(f"{role} {workers.index(w)}" for _, w in running.values())
+            raise RoleTimeout(f"{late}: generate did not answer within {timeout_s:g} s (cluster.call_timeout_s."
+                              "generate); the actor is hung or its node is gone", "rollout")
+        [ref] = done
         start, worker = running.pop(ref)
         if starts:
             submit(worker)

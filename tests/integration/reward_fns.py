@@ -35,3 +35,9 @@ def two_args(prompt, completion):
 
 def not_a_number(prompt, completion, **_):
     return float("nan") if "nan" in completion else 0.5
+
+
+def slow_length(prompt, completion, **_):
+    """Takes a second per sample: long enough to kill its worker mid-chunk."""
+    time.sleep(1.0)
+    return float(len(completion))

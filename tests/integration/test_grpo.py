@@ -10,7 +10,7 @@ from rayalign.config import LoraConfig
 from rayalign.errors import UserError
 from rayalign.metrics import read_metrics
 from rayalign.recipes.grpo import run
-from rayalign.workers.roles import check_resources
+from rayalign.placement import check_resources
 
 from rl_helpers import grpo_recipe, prompt_file
 

@@ -1,6 +1,6 @@
 """The reward worker pool on a real Ray: built-in rewards in parallel, and a user function that hangs,
 raises or kills its process is reported with its name and sample, counted as failed, and the pool
-keeps working."""
+keeps working; a worker killed from outside mid-chunk is replaced and its samples scored again."""
 
 import os
 import sys
@@ -65,6 +65,21 @@ def test_hung_crashing_and_dying_functions_are_reported(pool_factory):
     assert scored[1].failed and scored[1].failures[0].startswith("reward worker 1 failed (")
     assert [s.reward for s in dying.score([Sample("q", "ok")] * 2)] == [0.25, 0.25]
     assert scored[1].failed_terms == ["reward worker"] and scored[0].failed_terms == []
+
+
+def test_a_killed_worker_is_replaced_and_its_samples_scored_again(pool_factory):
+    import threading
+
+    import ray
+
+    from rayalign.workers.reward import Sample
+
+    pool = pool_factory([{"name": "reward_fns:slow_length"}], timeout_s=10.0, workers=1)
+    victim = pool.actors[0]
+    threading.Timer(1.5, lambda: ray.kill(victim)).start()  # mid-chunk: 3 samples take 3 s
+    scored = pool.score([Sample("q", "a"), Sample("q", "bb"), Sample("q", "ccc")])
+    assert [s.reward for s in scored] == [1.0, 2.0, 3.0] and not any(s.failed for s in scored)
+    assert pool.actors[0] is not victim and pool.restarts == 1
 
 
 def test_nan_rewards_and_wrong_signatures_are_failures_of_their_function(pool_factory):

@@ -130,7 +130,7 @@ def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, task_files, tmp_path):
     path = sweep_file(tmp_path, tiny_model_dir, task_files, name="killed", **{
         "tune.search_space": {"training.learning_rate": {"grid": [1e-3, 2e-3]}}, "tune.scheduler": {"name": "fifo"},
-        "tune.max_concurrent_trials": 1, "training.max_steps": 40, "training.save_steps": 20})
+        "tune.max_concurrent_trials": 1, "training.max_steps": 30, "training.save_steps": 15})
     sweep = tmp_path / "killed"
     proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -89,3 +89,11 @@ def test_a_failed_trials_error_is_its_root_cause():
                            "An unexpected internal error occurred while the worker was executing a task.")
     assert _cause(wrapped) == "ModuleNotFoundError: No module named 'mine'"
     assert _cause(RuntimeError("just a line")) == "just a line"
+
+
+def test_a_trials_id_comes_from_its_directory():
+    from rayalign.tune.sweep import _trial_id
+
+    assert _trial_id("/s/tune/run_trial_e7693_00001_1_training_learning_rate=0.0050_2026-11-30_23-08-40") == \
+        "e7693_00001"
+    assert _trial_id(None) is None
