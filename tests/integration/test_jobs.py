@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,10 @@ from rayalign.checkpoint import checkpoints, problem
 from rayalign.config_io import with_overrides
 from rayalign.metrics import read_metrics
 from rl_helpers import grpo_recipe, prompt_file
+from tests.integration.conftest import free_port
 from train_helpers import recipe
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def head():
     """(dashboard address, env with rayalign on PATH, metrics export port) of a Ray head this module starts
     and ends."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    dash, metrics = _free_port(), _free_port()
+    dash, metrics = free_port(), free_port()
     # Ray 2.60 clusters use token auth by default; clients send ~/.ray/auth_token with RAY_AUTH_MODE=token
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
@@ -47,11 +41,11 @@ def head():
     before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"  # this process's JobSubmissionClient and State API calls
     starter = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(Path(temp) / "start.log", "w"))
     try:
         _wait_up(f"http://127.0.0.1:{dash}", starter, Path(temp) / "start.log")
