@@ -18,7 +18,7 @@ import torch
 
 from rayalign.config import ModelConfig
 from rayalign.data.collate import pad_pairs
-from rayalign.engines.base import Completion, Delta, SamplingSpec, weights_fingerprint
+from rayalign.engines.base import Completion, Delta, SamplingSpec, sync_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
 
 
@@ -113,8 +113,8 @@ class HFEngine:
         with torch.no_grad():
             self.model.load_state_dict(state, strict=False)
 
-    def fingerprint(self) -> tuple[float, float]:
-        return weights_fingerprint(unique_tensors(self.model))
+    def fingerprint(self, version: int = 0) -> tuple[float, float]:
+        return sync_fingerprint(unique_tensors(self.model), version)
 
     def check_health(self) -> None:
         """Always healthy: the model lives in this process, which dies with it."""

@@ -182,13 +182,17 @@ class VLLMEngine:
             task.cancel()  # a client that went away: vLLM aborts the requests on cancellation
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self._run(self.llm.collective_rpc("load_hf_weights", args=(vllm_ext.pack_weights(weights),)))
+        path = vllm_ext.write_weights(weights)
+        try:
+            self._run(self.llm.collective_rpc("load_hf_weights", args=(str(path),)))
+        finally:
+            path.unlink(missing_ok=True)
         if not self._run(self.llm.reset_prefix_cache()):
             raise RuntimeError("vLLM engine: prefix cache not reset after a weight load (requests still "
                                "running?); cached KV would mix old and new weights")
 
-    def fingerprint(self) -> tuple[float, float]:
-        (fp,) = self._run(self.llm.collective_rpc("weights_fingerprint"))  # one worker: no tensor parallelism
+    def fingerprint(self, version: int = 0) -> tuple[float, float]:
+        (fp,) = self._run(self.llm.collective_rpc("weights_fingerprint", args=(version,)))  # one worker: no tensor parallelism
         return float(fp[0]), float(fp[1])
 
     def close(self) -> None:

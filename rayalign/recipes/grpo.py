@@ -126,7 +126,7 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
         with timer("learner"):
             metrics.update(roles.train(batch, step))
         with timer("sync"):
-            roles.sync()
+            metrics.update(roles.sync().seconds)
     metrics.update(timer.seconds)
     metrics["step_time_s"] = sum(timer.seconds.values())
     metrics["rollout_restarts"] = float(roles.rollout_restarts)  # so far in this run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ import torch.distributed as dist
 from rayalign.batch import RolloutBatch
 from rayalign.checkpoint import TrainerState, prune
 from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
-from rayalign.engines.base import weights_fingerprint
+from rayalign.engines.base import sync_fingerprint
+from rayalign.engines.flat_weights import FlatWeights
 from rayalign.models.loading import load_model, load_tokenizer
 from rayalign.outputs import staged
 from rayalign.training import sharding
@@ -80,11 +82,13 @@ class LearnerWorker:
         torch.manual_seed(self.training.seed * 1_000_003 + step * 1009 + self.rank)
         return self.learner.train_step(batch, step)
 
-    def gather_weights(self) -> tuple[list[tuple[str, torch.Tensor]] | None, tuple[float, float] | None]:
-        """(full weights by HF name, their fingerprint) on rank 0, (None, None) elsewhere. A collective.
+    def gather_weights(self, version: int = 0) -> tuple[FlatWeights | None, tuple | None]:
+        """(full weights by HF name in one buffer, (their sync fingerprint at ``version``, seconds each
+        part took)) on rank 0, (None, None) elsewhere. A collective.
 
         LoRA: engines run plain models, so the adapter is merged (W + scale B A) in a CPU copy of the
         peft model, see ``_merged``."""
+        start = time.perf_counter()
         state = sharding.full_model_state(self.learner.model)
         if self.rank != 0:
             return None, None
@@ -92,7 +96,12 @@ class LearnerWorker:
             state, tensors = self._merged(state)
         else:
             tensors = fingerprinted(self.learner.model, state)
-        return list(state.items()), weights_fingerprint(tensors)
+        gathered = time.perf_counter()
+        flat = FlatWeights.pack(state.items())
+        packed = time.perf_counter()
+        fingerprint = sync_fingerprint(tensors, version)
+        return flat, (fingerprint, {"gather_s": gathered - start, "pack_s": packed - gathered,
+                                    "learner_check_s": time.perf_counter() - packed})
 
     def _merged(self, state: dict) -> tuple[dict, list[torch.Tensor]]:
         """LoRA: the gathered peft state loaded into a CPU copy, adapters merged (peft's

@@ -30,7 +30,7 @@ from rayalign.errors import RunError
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
 from rayalign.training.guards import NonFiniteError
-from rayalign.weight_sync import sync_weights
+from rayalign.weight_sync import Synced, sync_weights
 from rayalign.placement import Placement
 from rayalign.workers.group import actor_names, answers, spawn
 from rayalign.workers.learner import LearnerWorker
@@ -53,7 +53,7 @@ class RLRoles:
         self.rollout_args = (cfg.model, r, max_model_len, t.seed)
         self.max_restarts, self.rollout_restarts, self.notify = r.max_restarts, 0, notify
         self.rollouts = self._spawn_rollouts(r.num_workers)
-        self.learned_unsynced = False
+        self.learned_unsynced, self.version = False, 0  # version: syncs so far (the fingerprint's probe)
         self.cfg, self.max_steps, self.learner_restarts, self.learners = cfg, max_steps, 0, []
         self.restored_state: TrainerState = self._start_learners(restored)
         self.reference = None
@@ -127,8 +127,8 @@ class RLRoles:
         self.notify(f"{failed}; restarting it ({self.rollout_restarts} of at most {self.max_restarts})")
         stop([self.rollouts[failed.index]])
         [self.rollouts[failed.index]] = self._spawn_rollouts(1, failed.index)
-        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.deadline.sync,
-                     self.learner_names)
+        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.version,
+                     self.deadline.sync, self.learner_names)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
@@ -162,11 +162,11 @@ class RLRoles:
         except NonFiniteError as exc:  # a run guard's stop, wrapped by Ray: keep its one line
             raise NonFiniteError(f"learner: {getattr(exc, 'cause', exc)}") from None
 
-    def sync(self) -> tuple[float, float]:
-        fingerprint = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts)),
-                                                                self.deadline.sync, self.learner_names))
-        self.learned_unsynced = False
-        return fingerprint
+    def sync(self) -> Synced:
+        synced = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts)),
+                                                           self.version, self.deadline.sync, self.learner_names))
+        self.learned_unsynced, self.version = False, self.version + 1
+        return synced
 
     def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
         self._learners("save", self.deadline.save,

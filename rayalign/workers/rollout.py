@@ -11,6 +11,7 @@ that died, or an actor whose process did); RL restarts such a worker (``workers/
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Iterator
 
 import ray
@@ -20,6 +21,7 @@ import torch
 from rayalign.config import ModelConfig, RolloutConfig
 from rayalign.engines.base import Completion, EngineDied, SamplingSpec
 from rayalign.engines.build import build_engine
+from rayalign.engines.flat_weights import FlatWeights
 from rayalign.workers.group import RoleTimeout, quiet_actor
 
 
@@ -37,13 +39,18 @@ class RolloutWorker:
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         return self.engine.generate(prompts, spec)
 
-    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> tuple[float, float]:
-        """Load, then return the fingerprint of what the engine now runs (checked by the caller)."""
+    def load_weights(self, weights: FlatWeights | list[tuple[str, torch.Tensor]],
+                     version: int = 0) -> tuple[tuple[float, float], dict[str, float]]:
+        """Load, then return the fingerprint of what the engine now runs at sync ``version`` (checked by
+        the caller) and the seconds each took."""
+        start = time.perf_counter()
         self.engine.load_weights(weights)
-        return self.engine.fingerprint()
+        loaded = time.perf_counter()
+        fingerprint = self.engine.fingerprint(version)
+        return fingerprint, {"load_s": loaded - start, "engine_check_s": time.perf_counter() - loaded}
 
-    def fingerprint(self) -> tuple[float, float]:
-        return self.engine.fingerprint()
+    def fingerprint(self, version: int = 0) -> tuple[float, float]:
+        return self.engine.fingerprint(version)
 
     def close(self) -> None:
         """Stop the engine's own processes (vLLM's engine core) before the actor is killed."""

@@ -32,7 +32,7 @@ def test_fsdp2_grpo_step_on_cuda_matches_cpu(tiny_model_dir, nccl_group, monkeyp
     from rayalign.checkpoint import MODEL, TrainerState
     from rayalign.config import AlgorithmConfig, ModelConfig, TrainingConfig
     from rayalign.data.collate import collate_rollout
-    from rayalign.engines.base import SamplingSpec, check_sync, weights_fingerprint
+    from rayalign.engines.base import SamplingSpec, check_sync, sync_fingerprint
     from rayalign.engines.build import build_engine
     from rayalign.training import sharding
     from rayalign.training.loop import build_trainable, write_checkpoint
@@ -74,7 +74,7 @@ def test_fsdp2_grpo_step_on_cuda_matches_cpu(tiny_model_dir, nccl_group, monkeyp
     assert diff < 1e-4 < moved
 
     engine.load_weights(state.items())
-    check_sync(engine.fingerprint(), weights_fingerprint(fingerprinted(model, state)))
+    check_sync(engine.fingerprint(), sync_fingerprint(fingerprinted(model, state), 0))
     tmp = write_checkpoint(cfg, model, opt, sched, TrainerState(step=1), tok, 0, {})
     try:
         saved = AutoModelForCausalLM.from_pretrained(tmp / MODEL).state_dict()

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rayalign.config import ModelConfig
-from rayalign.engines.base import SamplingSpec, weights_fingerprint
+from rayalign.engines.base import SamplingSpec, sync_fingerprint
 from rayalign.engines.hf_engine import HFEngine, unique_tensors
 from rayalign.models.logprobs import token_logps
 
@@ -45,14 +45,14 @@ def test_samples_with_raw_logprobs(engine, tiny_model_dir):
 def test_load_weights_and_fingerprint(engine, tiny_model_dir):
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     original = engine.fingerprint()
-    assert original == pytest.approx(weights_fingerprint(unique_tensors(hf)), rel=1e-9)
+    assert original == pytest.approx(sync_fingerprint(unique_tensors(hf), 0), rel=1e-9)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.01)
     state = hf.state_dict()
     engine.load_weights((k, v) for k, v in state.items() if k != "model.layers.0.self_attn.q_proj.weight")
-    assert engine.fingerprint() != pytest.approx(weights_fingerprint(unique_tensors(hf)), rel=1e-9)
+    assert engine.fingerprint() != pytest.approx(sync_fingerprint(unique_tensors(hf), 0), rel=1e-9)
     engine.load_weights(state.items())
-    assert engine.fingerprint() == pytest.approx(weights_fingerprint(unique_tensors(hf)), rel=1e-9)
+    assert engine.fingerprint() == pytest.approx(sync_fingerprint(unique_tensors(hf), 0), rel=1e-9)
     assert engine.fingerprint() != pytest.approx(original, rel=1e-6)

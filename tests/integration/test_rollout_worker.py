@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rayalign.config import ModelConfig, RolloutConfig
-from rayalign.engines.base import SamplingSpec, check_sync, weights_fingerprint
+from rayalign.engines.base import SamplingSpec, check_sync, sync_fingerprint
 from rayalign.engines.hf_engine import unique_tensors
 from rayalign.workers.group import PlacementError, spawn
 from rayalign.workers.rollout import RolloutWorker
@@ -22,12 +22,13 @@ def test_vllm_rollout_actor_generates_and_syncs(ray_local, tiny_model_dir, tiny_
         [group] = ray_local.get(worker.generate.remote([prompt], SamplingSpec(n=2, max_new_tokens=8, seed=3)))
         assert len(group) == 2 and all(len(c.logprobs) == len(c.token_ids) >= 1 for c in group)
         hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        check_sync(ray_local.get(worker.fingerprint.remote()), weights_fingerprint(unique_tensors(hf)))
+        check_sync(ray_local.get(worker.fingerprint.remote()), sync_fingerprint(unique_tensors(hf), 0))
         with torch.no_grad():
             for p in hf.parameters():
                 p.mul_(1.01)
-        engine_fp = ray_local.get(worker.load_weights.remote(list(hf.state_dict().items())))
-        check_sync(engine_fp, weights_fingerprint(unique_tensors(hf)))
+        engine_fp, seconds = ray_local.get(worker.load_weights.remote(list(hf.state_dict().items()), 3))
+        check_sync(engine_fp, sync_fingerprint(unique_tensors(hf), 3))
+        assert set(seconds) == {"load_s", "engine_check_s"} and all(s > 0 for s in seconds.values())
     finally:
         ray_local.kill(worker)
 

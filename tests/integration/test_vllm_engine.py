@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rayalign.config import ModelConfig
-from rayalign.engines.base import SamplingSpec, check_sync, weights_fingerprint
+from rayalign.engines.base import SamplingSpec, check_sync, sync_fingerprint
 from rayalign.engines.vllm_engine import VLLMEngine
 
 PROMPT = "<|im_start|>user\nHow many 'r' in 'strawberry'?<|im_end|>\n<|im_start|>assistant\n"
@@ -47,9 +47,9 @@ def max_logprob_diff(model, prompt, completion):
     return (torch.tensor(completion.logprobs) - expected).abs().max().item()
 
 
-def learner_fingerprint(model):
+def learner_fingerprint(model, version=0):
     """What the learner computes: each distinct tensor once (lm_head is embed_tokens, tied)."""
-    return weights_fingerprint({p.data_ptr(): p for p in model.parameters()}.values())
+    return sync_fingerprint({p.data_ptr(): p for p in model.parameters()}.values(), version)
 
 
 def perturbed(model, seed, scale=0.02):
@@ -112,6 +112,22 @@ def test_partial_sync_is_caught(engine, hf):
             check_sync(engine.fingerprint(), expected)
     engine.load_weights(state.items())
     check_sync(engine.fingerprint(), expected)
+
+
+def test_fingerprint_probes_a_moving_block_of_columns(engine, hf):
+    """Each sync reads 64 of a matrix's input columns back from the engine's kernels, the next 64 at
+    the next version: a stale column outside this sync's block is caught by a later one."""
+    learner = copy.deepcopy(hf)
+    with torch.no_grad():  # hidden 128: version 0 reads columns 0-63, version 1 columns 64-127
+        learner.model.layers[1].mlp.gate_proj.weight[:, 100] += 0.5
+    engine.load_weights(hf.state_dict().items())
+    check_sync(engine.fingerprint(0), learner_fingerprint(learner, 0))  # column 100 is not in block 0
+    with pytest.raises(RuntimeError, match="weight sync check failed"):
+        check_sync(engine.fingerprint(1), learner_fingerprint(learner, 1))
+    engine.load_weights(learner.state_dict().items())
+    for version in (0, 1, 2, 7):
+        check_sync(engine.fingerprint(version), learner_fingerprint(learner, version))
+    engine.load_weights(hf.state_dict().items())
 
 
 def test_stops_at_eos_ids_and_stop_strings(engine, hf, tiny_tokenizer):

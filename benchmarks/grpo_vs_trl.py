@@ -1,0 +1,147 @@
+"""rayalign GRPO vs TRL's GRPOTrainer, side by side on this machine (setting: ``rl_setup.py``).
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py [--sizes tiny,34m] [--reps 3] [--steps 10]
+        [--out benchmarks/results/grpo_vs_trl.json]
+
+Same model, prompts, reward (``letter_count``), group size, completion length, batch, learning rate and
+steps. Each run is its own process (a fresh Ray for rayalign; TRL with 2 torch threads and its HF
+generation); runs alternate A B A B over ``--reps`` repetitions, and each side's number is the median over
+repetitions of the median steady step (the first 2 steps of each run are left out). rayalign's per-phase
+seconds come from its metrics.jsonl; TRL's step is one phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rl_setup import GROUP, LR, NEW_TOKENS, PROMPTS, SKIP, make_inputs, rayalign_config, steady
+
+PHASES = ("time_generate_s", "time_reward_s", "time_learner_s", "time_sync_s")
+
+
+def run_rayalign(inputs: dict, out: Path, steps: int) -> dict:
+    from rayalign.metrics import read_metrics
+    from rayalign.recipes.grpo import run
+
+    run(rayalign_config(inputs, out, steps), echo=lambda *_: None)
+    rows = read_metrics(out)
+    tokens = steady(rows, "response_length") * PROMPTS * GROUP
+    return {"step_s": steady(rows, "step_time_s"), "completion_tokens": tokens,
+            **{p: steady(rows, p) for p in PHASES}, "sync_parts": {k: steady(rows, k) for k in rows[-1]
+                                                                   if k.startswith("sync/")}}
+
+
+def run_trl(inputs: dict, out: Path, steps: int) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rayalign.rewards.builtin import letter_count
+
+    torch.set_num_threads(2)
+    times, lengths = [], []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    def reward(prompts, completions, word, letter, **_):
+        return [letter_count(p, c[0]["content"], word=w, letter=x) for p, c, w, x in zip(prompts, completions, word, letter)]
+
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+        max_completion_length=NEW_TOKENS, temperature=1.0, learning_rate=LR, lr_scheduler_type="constant",
+        beta=0.0, loss_type="dapo", max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
+        use_cpu=True, dataloader_num_workers=0, max_grad_norm=1.0, seed=0)
+    dataset = load_dataset("json", data_files=str(inputs["prompts"]), split="train")
+    GRPOTrainer(model=str(inputs["model"]), reward_funcs=reward, args=config, train_dataset=dataset,
+                callbacks=[Timer()]).train()
+    return {"step_s": statistics.median(times[SKIP:]),
+            "completion_tokens": statistics.median(lengths[SKIP:]) * PROMPTS * GROUP}
+
+
+def one(args) -> None:
+    """One run in this process (the child of ``main``); its result as JSON on the last stdout line."""
+    root = Path(args.root)
+    inputs = make_inputs(root, args.size)
+    with tempfile.TemporaryDirectory(dir=root) as out:
+        fn = run_rayalign if args.one == "rayalign" else run_trl
+        result = fn(inputs, Path(out) / "run", args.steps)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def child(side: str, size: str, steps: int, root: Path) -> dict:
+    cmd = [sys.executable, __file__, "--one", side, "--size", size, "--steps", str(steps), "--root", str(root)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{side} {size} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def summary(runs: list[dict]) -> dict:
+    out = {"step_s": statistics.median(r["step_s"] for r in runs), "step_s_runs": [r["step_s"] for r in runs],
+           "completion_tokens": statistics.median(r["completion_tokens"] for r in runs)}
+    for key in PHASES:
+        if key in runs[0]:
+            out[key] = statistics.median(r[key] for r in runs)
+    if runs[0].get("sync_parts"):
+        out["sync_parts"] = {k: statistics.median(r["sync_parts"][k] for r in runs) for k in runs[0]["sync_parts"]}
+    out["samples_per_s"] = PROMPTS * GROUP / out["step_s"]
+    out["tokens_per_s"] = out["completion_tokens"] / out["step_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="tiny,34m")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
+    ap.add_argument("--one", choices=["rayalign", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--size", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return one(args)
+    results = {"setting": {"prompts": PROMPTS, "group": GROUP, "new_tokens": NEW_TOKENS, "steps": args.steps,
+                           "reps": args.reps, "skip": SKIP}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            runs: dict[str, list] = {"rayalign": [], "trl": []}
+            for rep in range(args.reps):
+                for side in ("rayalign", "trl"):  # A B A B
+                    runs[side].append(child(side, size, args.steps, Path(tmp)))
+                    print(f"{size} rep {rep + 1} {side}: step {runs[side][-1]['step_s']:.2f} s", flush=True)
+            ra, trl = summary(runs["rayalign"]), summary(runs["trl"])
+            results[size] = {"rayalign": ra, "trl": trl, "ratio": trl["step_s"] / ra["step_s"]}
+    print("\n| size | framework | step (s) | samples/s | tokens/s | generate | learner | sync | vs TRL |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        for side in ("trl", "rayalign"):
+            r = results[size][side]
+            phases = [f"{r[k]:.2f}" if k in r else "-" for k in ("time_generate_s", "time_learner_s", "time_sync_s")]
+            ratio = f"{results[size]['ratio']:.2f}x" if side == "rayalign" else "1.00x"
+            print(f"| {size} | {side} | {r['step_s']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+                  + " | ".join(phases) + f" | {ratio} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
