@@ -7,7 +7,8 @@ Same model, prompts, reward (``letter_count``), group size, completion length, b
 steps. Each run is its own process (a fresh Ray for rayalign; TRL with 2 torch threads and its HF
 generation); runs alternate A B A B over ``--reps`` repetitions, and each side's number is the median over
 repetitions of the median steady step (the first 2 steps of each run are left out). rayalign's per-phase
-seconds come from its metrics.jsonl; TRL's step is one phase.
+seconds come from its metrics.jsonl; TRL's step is one phase. "First step ends at": seconds from the
+process's start (imports, Ray, engine and model loading) to the end of step 1.
 """
 
 from __future__ import annotations
@@ -26,14 +27,30 @@ from rl_setup import GROUP, LR, NEW_TOKENS, PROMPTS, SKIP, make_inputs, rayalign
 PHASES = ("time_generate_s", "time_reward_s", "time_learner_s", "time_sync_s")
 
 
+def since_start() -> float:
+    """Seconds since this process started (the ``python`` command, imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+class FirstStep:
+    """A sweep-trial style reporter (``recipes/grpo.run(reporter=)``): when the first step ended."""
+    at_s: float | None = None
+
+    def step(self, metrics, checkpoint) -> None:
+        self.at_s = self.at_s or since_start()
+
+
 def run_rayalign(inputs: dict, out: Path, steps: int) -> dict:
     from rayalign.metrics import read_metrics
     from rayalign.recipes.grpo import run
 
-    run(rayalign_config(inputs, out, steps), echo=lambda *_: None)
+    first = FirstStep()
+    run(rayalign_config(inputs, out, steps), echo=lambda *_: None, reporter=first)
     rows = read_metrics(out)
     tokens = steady(rows, "response_length") * PROMPTS * GROUP
-    return {"step_s": steady(rows, "step_time_s"), "completion_tokens": tokens,
+    return {"step_s": steady(rows, "step_time_s"), "completion_tokens": tokens, "first_step_at_s": first.at_s,
             **{p: steady(rows, p) for p in PHASES}, "sync_parts": {k: steady(rows, k) for k in rows[-1]
                                                                    if k.startswith("sync/")}}
 
@@ -47,7 +64,7 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
     from rayalign.rewards.builtin import letter_count
 
     torch.set_num_threads(2)
-    times, lengths = [], []
+    times, lengths, first = [], [], FirstStep()
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -55,6 +72,7 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t)
+            first.step(None, None)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -71,7 +89,7 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
     dataset = load_dataset("json", data_files=str(inputs["prompts"]), split="train")
     GRPOTrainer(model=str(inputs["model"]), reward_funcs=reward, args=config, train_dataset=dataset,
                 callbacks=[Timer()]).train()
-    return {"step_s": statistics.median(times[SKIP:]),
+    return {"step_s": statistics.median(times[SKIP:]), "first_step_at_s": first.at_s,
             "completion_tokens": statistics.median(lengths[SKIP:]) * PROMPTS * GROUP}
 
 
@@ -96,7 +114,8 @@ def child(side: str, size: str, steps: int, root: Path) -> dict:
 
 def summary(runs: list[dict]) -> dict:
     out = {"step_s": statistics.median(r["step_s"] for r in runs), "step_s_runs": [r["step_s"] for r in runs],
-           "completion_tokens": statistics.median(r["completion_tokens"] for r in runs)}
+           "completion_tokens": statistics.median(r["completion_tokens"] for r in runs),
+           "first_step_at_s": statistics.median(r["first_step_at_s"] for r in runs)}
     for key in PHASES:
         if key in runs[0]:
             out[key] = statistics.median(r[key] for r in runs)
@@ -130,15 +149,16 @@ def main() -> None:
                     print(f"{size} rep {rep + 1} {side}: step {runs[side][-1]['step_s']:.2f} s", flush=True)
             ra, trl = summary(runs["rayalign"]), summary(runs["trl"])
             results[size] = {"rayalign": ra, "trl": trl, "ratio": trl["step_s"] / ra["step_s"]}
-    print("\n| size | framework | step (s) | samples/s | tokens/s | generate | learner | sync | vs TRL |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| size | framework | step (s) | samples/s | tokens/s | generate | learner | sync | vs TRL | first step "
+          "ends at (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for side in ("trl", "rayalign"):
             r = results[size][side]
             phases = [f"{r[k]:.2f}" if k in r else "-" for k in ("time_generate_s", "time_learner_s", "time_sync_s")]
             ratio = f"{results[size]['ratio']:.2f}x" if side == "rayalign" else "1.00x"
             print(f"| {size} | {side} | {r['step_s']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                  + " | ".join(phases) + f" | {ratio} |")
+                  + " | ".join(phases) + f" | {ratio} | {r['first_step_at_s']:.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 

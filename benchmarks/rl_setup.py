@@ -2,7 +2,7 @@
 (random weights, the tiny-model factory), letter-count prompts, and one rayalign GRPO recipe.
 
 Setting (issue 14): 4 prompts x 8 generations, 128 new tokens, kl_coef 0, micro batch 32, fp32; rayalign
-with 1 FSDP2 learner (2 torch threads) and 1 vLLM rollout worker. A random-weight model almost never
+with 1 FSDP2 learner (2 torch threads) and 1 vLLM rollout worker (2 threads; the phases take turns). A random-weight model almost never
 emits its stop token, so every completion runs to 128 tokens: both frameworks generate the same work.
 """
 
@@ -49,7 +49,7 @@ def rayalign_config(inputs: dict, out: Path, steps: int, **over) -> "RecipeConfi
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": 2},
         "algorithm": {"name": "grpo", "prompts_per_step": PROMPTS, "group_size": GROUP, "kl_coef": 0.0,
                       "clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean"},
-        "rollout": {"engine": "vllm", "num_workers": 1, "num_cpus": 0.5, "max_new_tokens": NEW_TOKENS},
+        "rollout": {"engine": "vllm", "num_workers": 1, "num_cpus": 0.5, "max_new_tokens": NEW_TOKENS, "threads": 2},
         "reward": {"functions": [{"name": "letter_count"}], "num_workers": 1, "num_cpus": 0.25},
     }
     for section, values in over.items():

@@ -201,6 +201,14 @@ class AlgorithmConfig(Section):
     overlong_buffer: int | None = Field(
         None, gt=0, description="DAPO overlong penalty (any algorithm may use it): reward falls to -1 over "
         "the last N tokens before rollout.max_new_tokens; null = off")
+    async_steps: int = Field(
+        0, ge=0, le=1, description="1: one-step-off async RL, the engines generate step k+1's samples with the "
+        "weights before step k's update while the learners train on step k (each sample then one update "
+        "stale; pair it with tis_cap); 0: generate, learn, sync in turn")
+    tis_cap: float | None = Field(
+        None, gt=0, description="truncated importance sampling: each token's policy-gradient term x "
+        "min(pi_learner / pi_rollout, tis_cap), pi_rollout the engine's log-prob of the sampled token (Yao et "
+        "al. 2025); corrects for an engine that runs older weights or computes differently; null = off")
 
     @model_validator(mode="after")
     def _algorithm_defaults(self) -> "AlgorithmConfig":
@@ -252,6 +260,10 @@ class RolloutConfig(Section):
         0.2, gt=0, le=1, description="vLLM memory share (of RAM on CPU builds)"
     )
     kv_cache_gib: int = Field(1, gt=0, description="VLLM_CPU_KVCACHE_SPACE for CPU builds")
+    threads: int | None = Field(
+        None, gt=0, description="compute threads per engine on CPU (vLLM: its OpenMP threads, not pinned; HF: "
+        "torch threads); null: vLLM pins one thread per engine to one core (the same core for every engine "
+        "on a node), HF uses 1. Phases take turns, so generation may use every core the learners leave idle")
     max_restarts: int = Field(
         3, ge=0, description="rollout workers replaced after their engine died (each gets the learner's "
         "weights and the phase is retried); one more death stops the run")

@@ -17,6 +17,11 @@ published values live in one table, ``rayalign.config.ALGORITHM_DEFAULTS``, reso
                 s = exp(mean_t (log pi - log pi_old)), clipped per sequence to [1 - clip_low, 1 + clip_high]
                 (3e-4 / 4e-4 in the paper); mean over sequences.
 - rloo, reinforce_pp  the clipped surrogate of ``grpo`` with their own advantages and aggregation.
+Truncated importance sampling (TIS, Yao et al. 2025, "Your efficient RL framework secretly brings you
+off-policy RL training"): samples come from the rollout engine's policy, which is not the learner's when
+the engine runs older weights (``async_steps``) or computes differently; each token's policy-gradient
+term is weighted by min(pi_learner / pi_rollout, cap) (no gradient through the weight). Weighting the
+advantage is the same thing: the clipped surrogate is linear in A for a positive weight.
 KL estimators (Schulman, "Approximating KL divergence"), with log r = log pi_ref - log pi:
 k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r (unbiased and always >= 0).
 """
@@ -62,13 +67,27 @@ def clipped_surrogate(logp, old_logp, advantages, mask, clip_low: float, clip_hi
     """PPO's per-token loss -min(ratio A, clip(ratio) A) [N, T] and its metrics."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
-    adv = advantages.unsqueeze(-1)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # [N], or [N, T] weighted by TIS
     unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     token_loss = -torch.minimum(unclipped, clipped)
     metrics = {"clip_fraction": _masked_mean((clipped < unclipped).float(), mask),
                "ratio_mean": _masked_mean(ratio.detach(), mask),
                "approx_kl_old": _masked_mean(0.5 * log_ratio.detach() ** 2, mask)}
     return token_loss, metrics
+
+
+def tis_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float,
+                sequence: bool = False) -> tuple[torch.Tensor, Metrics]:
+    """min(pi_learner / pi_rollout, cap) per token [N, T] (1 off the mask), or with ``sequence`` per
+    sequence [N] from the geometric mean of the token ratios (GSPO's unit); no gradient."""
+    m = mask.to(learner_logp.dtype)
+    log_w = (learner_logp - rollout_logp).detach() * m
+    if sequence:
+        log_w = log_w.sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        w = torch.exp(log_w).clamp(max=cap)
+        return w, {"tis_weight_mean": w.mean().item(), "tis_capped_fraction": (w >= cap).float().mean().item()}
+    w = torch.exp(log_w).clamp(max=cap)
+    return w, {"tis_weight_mean": _masked_mean(w, mask), "tis_capped_fraction": _masked_mean((w >= cap).float(), mask)}
 
 
 def _with_kl(token_loss, logp, ref_logp, mask, kl_coef: float, estimator: str, metrics: Metrics):

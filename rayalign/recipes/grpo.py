@@ -15,6 +15,8 @@ One step, as in DeepSeekMath's GRPO (Shao et al. 2024, Alg. 1):
 
 Each phase runs inside a timer and lands in ``metrics.jsonl`` with the step's rewards and the learner's
 metrics (loss, kl, mismatch_kl, entropy, clip fraction). Which actor owns a phase: ``workers/roles.py``.
+With ``algorithm.async_steps: 1`` the next step's generation runs beside this step's learning
+(``one_step_off.py``); ``step_time_s`` is then wall time, not the sum of the phases.
 
 Deviations, on purpose: DAPO's dynamic sampling drops the groups whose rewards are all equal but does not
 sample more prompts to refill the batch (the step trains on fewer samples; with none left it is skipped),
@@ -31,33 +33,30 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-import torch
 import yaml
 from tqdm import tqdm
 
 from rayalign import local_ray
-from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
 from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
 from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.config_io import load_config
-from rayalign.data.collate import collate_rollout, fit_prompt
+from rayalign.data.collate import fit_prompt
 from rayalign.data.loading import load_split, row_location
 from rayalign.data.tokenize import Overlong
-from rayalign.engines.base import SamplingSpec
 from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
-from rayalign.metrics import MetricsLog, PhaseTimer, RoleGauges
+from rayalign.metrics import MetricsLog, RoleGauges
 from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import check_step_fits, local_paths
 from rayalign.recipes.interrupt import GracefulStop
+from rayalign.recipes.one_step_off import IN_FLIGHT, Generated, OneStepOff
+from rayalign.recipes.grpo_step import async_step, rl_step, sampling
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
-from rayalign.rewards.builtin import boxed_answer
 from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
 from rayalign.training.guards import RewardFailures
 from rayalign.workers.group import RoleDied, RoleTimeout
-from rayalign.workers.reward import Sample
 from rayalign.workers.roles import RLRoles
 
 
@@ -78,59 +77,6 @@ def prepare_prompts(cfg: RecipeConfig, tokenizer, rows, echo=print) -> list[dict
         echo(note)
     check_step_fits(cfg, len(prompts))
     return prompts
-
-
-def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) -> dict[str, float]:
-    completions = [c for g in groups for c in g]
-    out = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-           "reward_failures": float(sum(s.failed for s in scored)),
-           "response_length": sum(len(c.token_ids) for c in completions) / len(completions),
-           "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions)}
-    for name in scored[0].parts:
-        out[f"reward/{name}"] = sum(s.parts.get(name, 0.0) for s in scored) / len(scored)
-    if all("answer" in s.metadata for s in samples):  # the task has a verifiable answer
-        out["accuracy"] = sum(boxed_answer(s.prompt, s.completion, **s.metadata) for s in samples) / len(samples)
-    return out
-
-
-def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_id: int,
-            failures: RewardFailures) -> dict[str, float]:
-    """One RL step over ``rows`` (this step's prompts); returns its metrics. Reward failures are printed
-    and counted, and stop the run when most samples keep failing (``failures``)."""
-    a, r = cfg.algorithm, cfg.rollout
-    timer = PhaseTimer()
-    spec = SamplingSpec(n=a.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                        seed=cfg.training.seed * 1_000_003 + step * a.prompts_per_step * a.group_size)
-    with timer("generate"):
-        groups = roles.generate([row["ids"] for row in rows], spec)
-    samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
-    with timer("reward"):
-        scored = roles.score(samples)
-    failed, lines = failures.observe(step + 1, scored)
-    for line in lines:
-        tqdm.write(line)
-    rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32).view(len(rows), a.group_size)
-    metrics = {**_reward_stats(rewards, scored, samples, groups), **failed}
-    if a.overlong_buffer:
-        lengths = torch.tensor([[len(c.token_ids) for c in g] for g in groups])
-        rewards = rewards + overlong_penalty(lengths, r.max_new_tokens, a.overlong_buffer)
-    advantages = ADVANTAGES[a.name](rewards)
-    keep = informative_groups(rewards) if a.dynamic_sampling else torch.ones(len(rows), dtype=torch.bool)
-    metrics["groups_kept"] = float(keep.sum())
-    if keep.any():
-        kept = [i for i in range(len(rows)) if keep[i]]
-        batch = collate_rollout([(rows[i]["ids"], c.token_ids, c.logprobs) for i in kept for c in groups[i]],
-                                advantages[keep].flatten(), pad_id)
-        with timer("reference"):
-            batch.ref_logps = roles.reference_logps(batch)
-        with timer("learner"):
-            metrics.update(roles.train(batch, step))
-        with timer("sync"):
-            metrics.update(roles.sync().seconds)
-    metrics.update(timer.seconds)
-    metrics["step_time_s"] = sum(timer.seconds.values())
-    metrics["rollout_restarts"] = float(roles.rollout_restarts)  # so far in this run
-    return metrics
 
 
 def reward_judge(cfg: RecipeConfig) -> JudgeConfig | None:
@@ -195,12 +141,24 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     failures = RewardFailures(cfg.reward.max_failure_share, cfg.reward.failure_patience)
     gauges = RoleGauges(roles.run)
     saved = state.step
+    rows_of = lambda step: [prompts[i] for i in order.step_indices(step)]  # noqa: E731
+    schedule = one_step_off(roles, cfg, rows_of, c.resume_from, state.step, max_steps)
+
+    def save() -> None:
+        # one-step-off: the checkpoint carries the next step's samples (made with weights it no longer has)
+        extra = {IN_FLIGHT: schedule.pending(state.step).to_json()} if schedule and state.step < max_steps else None
+        roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run, extra)
+
     stop.in_loop = True
     try:
         while state.step < stop_at and not stop.requested:
             try:
-                rows = [prompts[i] for i in order.step_indices(state.step)]
-                metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
+                rows = rows_of(state.step)
+                if schedule is None:
+                    metrics = rl_step(roles, cfg, rows, state.step, pad_id, failures)
+                else:
+                    metrics = async_step(roles, schedule, cfg, rows, state.step, state.step + 1 < stop_at, pad_id,
+                                         failures)
                 gauges.observe(metrics, a.prompts_per_step * a.group_size, roles.restarts())
                 state.step += 1
                 state.samples_seen += a.prompts_per_step
@@ -211,8 +169,7 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", step_s=f"{metrics['step_time_s']:.1f}")
                 bar.update(1)
                 if state.step == stop_at or stop.requested or (t.save_steps and state.step % t.save_steps == 0):
-                    roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit,
-                               c.run)
+                    save()
                     saved = state.step
                 if reporter is not None and (state.step % t.logging_steps == 0 or saved == state.step):
                     reporter.step({"step": state.step, **{k: v for k, v in metrics.items() if math.isfinite(v)}},
@@ -228,6 +185,9 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
                 tqdm.write(f"{exc}; rebuilding the learners from {last[-1].name if last else 'the initial model'} "
                            f"(restart {roles.learner_restarts + 1}, {limit})")
                 state = roles.rebuild_learners(str(last[-1]) if last else None)
+                if schedule is not None:
+                    schedule.close()
+                    schedule = one_step_off(roles, cfg, rows_of, last[-1] if last else None, state.step, max_steps)
                 log.close()
                 log, saved = MetricsLog(out, state.step), state.step  # steps after it are logged again, once
                 bar.n = state.step
@@ -236,12 +196,30 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
         # Another role failed or hung, not the learners: unless they already took the failed step's update,
         # they hold exactly the finished steps, kept as a checkpoint to resume from.
         learners_answer = not (isinstance(exc, (RoleTimeout, RoleDied)) and exc.role == "learner")
-        if state.step > saved and not roles.learned_unsynced and learners_answer:
-            roles.save(str(out / RUN_NAME / f"checkpoint-{state.step:06d}"), state, t.save_total_limit, c.run)
+        if state.step > saved and roles.updates == state.step and learners_answer:
+            if schedule is not None:  # its generation may be what failed: a resume regenerates those samples
+                schedule.close()
+                schedule = None
+            save()
             saved = state.step
         where = f"; continue from checkpoint-{saved:06d} with --resume" if saved else ""
         raise RunError(f"{exc}\nstopped after step {state.step} of {max_steps}{where}") from None
     finally:
+        if schedule is not None:
+            schedule.close()
         bar.close()
         log.close()
     return state
+
+
+def one_step_off(roles: RLRoles, cfg: RecipeConfig, rows_of, checkpoint, step: int,
+                 max_steps: int) -> OneStepOff | None:
+    """The one-step-off schedule when ``algorithm.async_steps`` is 1, with the in-flight samples that
+    ``checkpoint`` (resumed from) holds for ``step``."""
+    if not cfg.algorithm.async_steps:
+        return None
+    restored = Generated.read(checkpoint, step) if checkpoint else None
+    if checkpoint and restored is None and step < max_steps:
+        tqdm.write(f"{Path(checkpoint).name} holds no in-flight samples for step {step + 1}: generating them "
+                   "with its weights (not the older ones the uninterrupted run would have used)")
+    return OneStepOff(roles, lambda s: [row["ids"] for row in rows_of(s)], partial(sampling, cfg), restored)

@@ -151,7 +151,9 @@ class PolicyLearner:
                                                  with_entropy=stats is not None)
                 old_logp = logp.detach() if old is None else old[rows, :logp.shape[1]].to(self.device)
                 ref = self._ref_logps(part)
-                loss, metrics = self.loss_fn(logp, old_logp, part.advantages, part.completion_mask, ref_logp=ref)
+                advantages, tis = self._importance_weighted(part, old_logp)
+                loss, metrics = self.loss_fn(logp, old_logp, advantages, part.completion_mask, ref_logp=ref)
+                metrics.update(tis)
                 weight = self._units(part.completion_mask) / max(total, 1e-9) if real else 0.0
                 (loss * weight * world).backward()
             if stats is not None and real:
@@ -165,6 +167,18 @@ class PolicyLearner:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _importance_weighted(self, part: RolloutBatch, learner_logp: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The micro batch's advantages, times the TIS weights pi_learner / pi_rollout (capped at
+        ``algorithm.tis_cap``; per sequence for GSPO) when TIS is on. ``learner_logp``: the policy the
+        PPO ratio is taken against (before this step's updates)."""
+        cap = self.algorithm.tis_cap
+        if cap is None:
+            return part.advantages, {}
+        weights, metrics = P.tis_weights(learner_logp, part.rollout_logps.to(learner_logp.dtype),
+                                         part.completion_mask, cap, sequence=self.algorithm.name == "gspo")
+        advantages = part.advantages * weights if weights.dim() == 1 else part.advantages.unsqueeze(-1) * weights
+        return advantages, metrics
 
     def _ref_logps(self, part: RolloutBatch) -> torch.Tensor | None:
         if self.algorithm.kl_coef == 0:

@@ -12,7 +12,7 @@ actor that died in the call is a :class:`RoleDied` naming it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -86,20 +86,34 @@ def spawn(cls: type, count: int, *, role: str, num_cpus: float, num_gpus: float 
           placed: list[dict] | None = None) -> list[Any]:
     """``count`` actors of ``cls`` (which must define ``ready()``), started and ready; named ``names``, each
     with its placement options ``placed[i]`` (``Placement.options``)."""
+    return launch(cls, count, role=role, num_cpus=num_cpus, num_gpus=num_gpus, args=args, runtime_env=runtime_env,
+                 timeout_s=timeout_s, names=names, placed=placed)()
+
+
+def launch(cls: type, count: int, *, role: str, num_cpus: float, num_gpus: float = 0, args: tuple = (),
+          runtime_env: dict | None = None, timeout_s: float = 120.0, names: list[str] | None = None,
+          placed: list[dict] | None = None) -> Callable[[], list[Any]]:
+    """``spawn`` in two halves: the actors are created now (their constructors run meanwhile, e.g. a
+    vLLM engine starting while the learners load), and the returned function waits until they are ready
+    (at most ``timeout_s`` once called) and returns them."""
     remote = ray.remote(cls)
     options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": runtime_env}
     actors = [remote.options(**options, **({"name": names[i]} if names else {}), **(placed[i] if placed else {}))
               .remote(*args) for i in range(count)]
     refs = [a.ready.remote() for a in actors]
-    ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if waiting:
-        for actor in actors:
-            ray.kill(actor)
-        free = ray.available_resources()
-        raise PlacementError(
-            f"{role}: {len(waiting)} of {count} actors not started within {timeout_s:g}s; each asks for "
-            f"{num_cpus:g} CPU{f' and {num_gpus:g} GPU' if num_gpus else ''}, the cluster has "
-            f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free (lower the role's num_cpus or "
-            "its number of workers)")
-    ray.get(ready)  # surfaces a constructor's exception
-    return actors
+
+    def ready() -> list[Any]:
+        done, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if waiting:
+            for actor in actors:
+                ray.kill(actor)
+            free = ray.available_resources()
+            raise PlacementError(
+                f"{role}: {len(waiting)} of {count} actors not started within {timeout_s:g}s; each asks for "
+                f"{num_cpus:g} CPU{f' and {num_gpus:g} GPU' if num_gpus else ''}, the cluster has "
+                f"{free.get('CPU', 0):g} CPU / {free.get('GPU', 0):g} GPU free (lower the role's num_cpus or "
+                "its number of workers)")
+        ray.get(done)  # surfaces a constructor's exception
+        return actors
+
+    return ready

@@ -121,11 +121,12 @@ class LearnerWorker:
         copy.unmerge_adapter()
         return out, unique
 
-    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
+    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict,
+             extra: dict[str, str] | None = None) -> None:
         """Write checkpoint ``directory`` (atomically: the sealed temp dir is staged beside it and put in
         place in one rename, ``outputs.staged``). A collective."""
         tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
-                               self.learner.scheduler, state, self.tokenizer, self.rank, run)
+                               self.learner.scheduler, state, self.tokenizer, self.rank, run, extra)
         if tmp is None:
             return
         target = Path(directory)

@@ -32,7 +32,7 @@ from rayalign.judge.service import endpoint, release
 from rayalign.training.guards import NonFiniteError
 from rayalign.weight_sync import Synced, sync_weights
 from rayalign.placement import Placement
-from rayalign.workers.group import actor_names, answers, spawn
+from rayalign.workers.group import actor_names, answers, launch, spawn
 from rayalign.workers.learner import LearnerWorker
 from rayalign.workers.reference import ReferenceWorker
 from rayalign.workers.reward import RewardPool, Sample, Scored
@@ -52,10 +52,12 @@ class RLRoles:
         self.placement = Placement(cfg, self.run, judge)
         self.rollout_args = (cfg.model, r, max_model_len, t.seed)
         self.max_restarts, self.rollout_restarts, self.notify = r.max_restarts, 0, notify
-        self.rollouts = self._spawn_rollouts(r.num_workers)
+        rollouts_ready = self._start_rollouts(r.num_workers)  # the engines start while the learners load
         self.learned_unsynced, self.version = False, 0  # version: syncs so far (the fingerprint's probe)
         self.cfg, self.max_steps, self.learner_restarts, self.learners = cfg, max_steps, 0, []
         self.restored_state: TrainerState = self._start_learners(restored)
+        self.updates = self.restored_state.step  # the learners' optimizer steps (a step's updates count once)
+        self.rollouts = rollouts_ready()
         self.reference = None
         if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
             [self.reference] = spawn(ReferenceWorker, 1, role="reference", num_cpus=cfg.reference.num_cpus,
@@ -66,9 +68,9 @@ class RLRoles:
         self.rewards = RewardPool(cfg.reward, judge=judge and Judge(judge, endpoint(judge)), run=self.run,
                                   placed=lambda i: self.placement.options("reward", i))
 
-    def _spawn_rollouts(self, count: int, index: int = 0) -> list:
+    def _start_rollouts(self, count: int, index: int = 0) -> Callable[[], list]:
         r = self.rollout_args[1]
-        return spawn(RolloutWorker, count, role="rollout worker", num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+        return launch(RolloutWorker, count, role="rollout worker", num_cpus=r.num_cpus, num_gpus=r.num_gpus,
                      args=self.rollout_args, timeout_s=START_TIMEOUT_S,
                      names=actor_names(self.run, "rollout", count, index, self.rollout_restarts),
                      placed=[self.placement.options("rollout", i) for i in range(index, index + count)])
@@ -96,6 +98,7 @@ class RLRoles:
             ray.kill(learner)
         self.learner_restarts += 1
         state = self._start_learners(restored)
+        self.updates = state.step
         self.sync()
         return state
 
@@ -126,7 +129,7 @@ class RLRoles:
         self.rollout_restarts += 1
         self.notify(f"{failed}; restarting it ({self.rollout_restarts} of at most {self.max_restarts})")
         stop([self.rollouts[failed.index]])
-        [self.rollouts[failed.index]] = self._spawn_rollouts(1, failed.index)
+        [self.rollouts[failed.index]] = self._start_rollouts(1, failed.index)()
         sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.version,
                      self.deadline.sync, self.learner_names)
 
@@ -157,8 +160,10 @@ class RLRoles:
         ref = ray.put(batch)
         self.learned_unsynced = True  # the learners are a step ahead of the step count until the sync
         try:
-            return self._learners("train", self.deadline.train,
-                                  [learner.train_step.remote(ref, step) for learner in self.learners])[0]
+            metrics = self._learners("train", self.deadline.train,
+                                     [learner.train_step.remote(ref, step) for learner in self.learners])[0]
+            self.updates += 1
+            return metrics
         except NonFiniteError as exc:  # a run guard's stop, wrapped by Ray: keep its one line
             raise NonFiniteError(f"learner: {getattr(exc, 'cause', exc)}") from None
 
@@ -168,9 +173,11 @@ class RLRoles:
         self.learned_unsynced, self.version = False, self.version + 1
         return synced
 
-    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict) -> None:
+    def save(self, directory: str, state: TrainerState, keep: int | None, run: dict,
+             extra: dict[str, str] | None = None) -> None:
+        """Checkpoint ``directory``; ``extra``: more files (name -> text) sealed into it with the rest."""
         self._learners("save", self.deadline.save,
-                       [learner.save.remote(directory, state, keep, run) for learner in self.learners])
+                       [learner.save.remote(directory, state, keep, run, extra) for learner in self.learners])
 
     def shutdown(self) -> None:
         self.rewards.shutdown()

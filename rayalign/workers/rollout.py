@@ -28,10 +28,11 @@ from rayalign.workers.group import RoleTimeout, quiet_actor
 class RolloutWorker:
     def __init__(self, model: ModelConfig, cfg: RolloutConfig, max_model_len: int, seed: int,
                  torch_threads: int = 1):
-        quiet_actor(torch_threads)
+        quiet_actor(cfg.threads or torch_threads)
         self.engine = build_engine(cfg.engine, model, max_model_len=max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
-                                   kv_cache_gib=cfg.kv_cache_gib, seed=seed, use_gpu=cfg.num_gpus > 0)
+                                   kv_cache_gib=cfg.kv_cache_gib, seed=seed, use_gpu=cfg.num_gpus > 0,
+                                   threads=cfg.threads)
 
     def ready(self) -> bool:
         return True

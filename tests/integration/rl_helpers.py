@@ -27,3 +27,20 @@ def grpo_recipe(model_dir, prompts: str, out, *, engine="hf", learners=2, kl_coe
                    "num_cpus": 0.25},
         "reference": {"num_cpus": 0.25},
     })
+
+
+def assert_same_run(straight_dir, resumed_dir, straight_final, resumed_final, keys) -> None:
+    """A run stopped and resumed logged every step once, with the straight run's numbers and final weights."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from rayalign.metrics import read_metrics
+
+    a, b = read_metrics(straight_dir), read_metrics(resumed_dir)
+    assert [m["step"] for m in b] == [m["step"] for m in a]
+    for ma, mb in zip(a, b):
+        for key in keys:
+            assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-7), (ma["step"], key)
+    wa, wb = load_file(str(straight_final / "model.safetensors")), load_file(str(resumed_final / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

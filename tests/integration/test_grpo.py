@@ -12,7 +12,7 @@ from rayalign.metrics import read_metrics
 from rayalign.recipes.grpo import run
 from rayalign.placement import check_resources
 
-from rl_helpers import grpo_recipe, prompt_file
+from rl_helpers import assert_same_run, grpo_recipe, prompt_file
 
 PHASES = ("time_generate_s", "time_reward_s", "time_reference_s", "time_learner_s", "time_sync_s")
 
@@ -42,13 +42,9 @@ def test_resume_equals_straight_run_on_hf_engine(ray_local, tiny_model_dir, tmp_
     with pytest.raises(UserError, match="already holds checkpoints"):
         run(grpo_recipe(tiny_model_dir, prompts, tmp_path / "b", max_steps=4))
     resumed = run(grpo_recipe(tiny_model_dir, prompts, tmp_path / "b", max_steps=4, resume="auto"))
-    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    assert [m["step"] for m in b] == [1, 2, 3, 4]
-    for ma, mb in zip(a, b):
-        for key in ("reward_mean", "loss", "grad_norm", "kl", "mismatch_kl", "response_length"):
-            assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-7), (ma["step"], key)
-    wa, wb = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert_same_run(tmp_path / "a", tmp_path / "b", straight, resumed,
+                    ("reward_mean", "loss", "grad_norm", "kl", "mismatch_kl", "response_length"))
+    a = read_metrics(tmp_path / "a")
     with pytest.raises(UserError, match="already finished 4 steps"):
         run(grpo_recipe(tiny_model_dir, prompts, tmp_path / "b", max_steps=4, resume="auto"))
     # the reference folded into the learners gives the same numbers as the reference actor

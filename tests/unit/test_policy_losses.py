@@ -115,3 +115,25 @@ def test_policy_gradient_direction():
     loss.backward()
     # d/dlogp of -A * ratio / 5 at ratio 1 = -A / 5 on every masked token
     assert logp.grad.flatten().tolist() == pytest.approx([-0.2, -0.2, -0.2, 0.4, 0.4, 0.0])
+
+
+def test_tis_weights_are_capped_learner_over_rollout_ratios():
+    learner, rollout = torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    w, m = P.tis_weights(learner, rollout, mask, cap=1.5)
+    assert w.tolist()[0][:2] == pytest.approx([1.5, math.exp(-1.0)]) and w[0, 2] == 1.0  # capped; off the mask: 1
+    assert m["tis_capped_fraction"] == 0.5 and m["tis_weight_mean"] == pytest.approx((1.5 + math.exp(-1)) / 2)
+    seq, _ = P.tis_weights(learner, rollout, mask, cap=10.0, sequence=True)  # geometric mean of the 2 tokens
+    assert seq.tolist() == pytest.approx([math.exp((0.5 - 1.0) / 2)])
+
+
+def test_tis_weighted_advantages_scale_each_tokens_gradient():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.7]], requires_grad=True)
+    mask, adv = torch.ones(2, 2), torch.tensor([1.0, -2.0])
+    w, _ = P.tis_weights(logp, torch.tensor([[-1.2, -1.0], [-0.5, -0.9]]), mask, cap=2.0)
+    loss, _ = P.grpo_loss(logp, logp.detach(), adv.unsqueeze(-1) * w, mask, clip_low=0.2, clip_high=0.2,
+                          loss_agg="token-mean")
+    loss.backward()
+    # on-policy ratio 1: d loss / d logp_t = -A_i w_t / (number of tokens)
+    assert torch.allclose(logp.grad, -(adv.unsqueeze(-1) * w) / 4)
+    assert torch.allclose(w, torch.tensor([[math.exp(0.2), math.exp(-1.0)], [1.0, math.exp(0.2)]]))

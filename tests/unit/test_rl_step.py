@@ -2,6 +2,7 @@
 micro-batch invariance, mismatch_kl, and every algorithm's loss wiring."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -102,3 +103,20 @@ def test_a_nan_reward_stops_the_step_before_the_update(tiny_model_dir, batch):
     with pytest.raises(NonFiniteError, match=r"^step 7: grad_norm is nan; stopped before the optimizer update"):
         _learner(model, AlgorithmConfig(name="grpo", kl_coef=0)).train_step(batch, step=6)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_tis_weights_the_loss_by_learner_over_engine_probability(tiny_model_dir, batch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        logp, _ = next_token_logps(model, batch.input_ids, batch.attention_mask)
+    lengths = torch.tensor([3.0, 7, 5, 2])
+    on_policy = -(batch.advantages * lengths).sum().item() / lengths.sum().item()
+    # the engine gave every sampled token 0.1 less log-prob (older weights): weight e^0.1, under the cap
+    batch.rollout_logps = (logp - 0.1) * batch.completion_mask
+    algorithm = AlgorithmConfig(name="grpo", loss_agg="token-mean", kl_coef=0, tis_cap=2.0)
+    m = _learner(copy.deepcopy(model), algorithm).train_step(batch, step=0)
+    assert m["loss"] == pytest.approx(math.exp(0.1) * on_policy, abs=1e-5)
+    assert m["tis_weight_mean"] == pytest.approx(math.exp(0.1), abs=1e-5) and m["tis_capped_fraction"] == 0
+    capped = AlgorithmConfig(name="grpo", loss_agg="token-mean", kl_coef=0, tis_cap=1.05)
+    m = _learner(copy.deepcopy(model), capped).train_step(batch, step=0)
+    assert m["loss"] == pytest.approx(1.05 * on_policy, abs=1e-5) and m["tis_capped_fraction"] == 1.0

@@ -1,0 +1,106 @@
+"""One GRPO step as the driver runs it, on the roles of ``workers/roles.py``: generate (``sampling``: the
+step's seeds), then ``learn`` (rewards, advantages, reference, the learners' update), then sync. ``rl_step``
+does them in turn; ``async_step`` takes samples generated during the previous step (``one_step_off.py``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
+from rayalign.config import RecipeConfig
+from rayalign.data.collate import collate_rollout
+from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.metrics import PhaseTimer
+from rayalign.recipes.one_step_off import OneStepOff
+from rayalign.rewards.builtin import boxed_answer
+from rayalign.training.guards import RewardFailures
+from rayalign.workers.reward import Sample
+from rayalign.workers.roles import RLRoles
+
+
+def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) -> dict[str, float]:
+    completions = [c for g in groups for c in g]
+    out = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+           "reward_failures": float(sum(s.failed for s in scored)),
+           "response_length": sum(len(c.token_ids) for c in completions) / len(completions),
+           "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions)}
+    for name in scored[0].parts:
+        out[f"reward/{name}"] = sum(s.parts.get(name, 0.0) for s in scored) / len(scored)
+    if all("answer" in s.metadata for s in samples):  # the task has a verifiable answer
+        out["accuracy"] = sum(boxed_answer(s.prompt, s.completion, **s.metadata) for s in samples) / len(samples)
+    return out
+
+
+def sampling(cfg: RecipeConfig, step: int) -> SamplingSpec:
+    """Step ``step``'s sampling: its seeds are a function of the step, wherever and whenever it runs."""
+    a, r = cfg.algorithm, cfg.rollout
+    return SamplingSpec(n=a.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                        seed=cfg.training.seed * 1_000_003 + step * a.prompts_per_step * a.group_size)
+
+
+def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_id: int,
+            failures: RewardFailures) -> dict[str, float]:
+    """One synchronous RL step over ``rows`` (this step's prompts): generate, learn, sync; returns its
+    metrics. Reward failures are printed and counted, and stop the run when most samples keep failing
+    (``failures``)."""
+    timer = PhaseTimer()
+    with timer("generate"):
+        groups = roles.generate([row["ids"] for row in rows], sampling(cfg, step))
+    metrics = learn(roles, cfg, rows, groups, step, pad_id, failures, timer)
+    if metrics["groups_kept"]:
+        with timer("sync"):
+            metrics.update(roles.sync().seconds)
+    metrics.update(timer.seconds)
+    metrics["step_time_s"] = sum(timer.seconds.values())
+    metrics["rollout_restarts"] = float(roles.rollout_restarts)  # so far in this run
+    return metrics
+
+
+def async_step(roles: RLRoles, schedule: OneStepOff, cfg: RecipeConfig, rows: list[dict], step: int,
+               launch_next: bool, pad_id: int, failures: RewardFailures) -> dict[str, float]:
+    """One one-step-off step (``one_step_off.py``): this step's samples (generated during the last step),
+    sync, the next step's generation launched, then learning beside it. ``step_time_s`` is wall time:
+    the phases overlap."""
+    start, timer = time.perf_counter(), PhaseTimer()
+    generated, waited, synced = schedule.take(step, launch_next)
+    metrics = learn(roles, cfg, rows, generated.groups, step, pad_id, failures, timer)
+    metrics.update(timer.seconds)
+    metrics.update({"time_generate_s": generated.seconds, "time_generate_wait_s": waited,
+                    "staleness": float(step - generated.version), "rollout_restarts": float(roles.rollout_restarts)})
+    if synced is not None:
+        metrics.update({"time_sync_s": sum(synced.seconds.values()), **synced.seconds})
+    metrics["step_time_s"] = time.perf_counter() - start
+    return metrics
+
+
+def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list[Completion]], step: int,
+          pad_id: int, failures: RewardFailures, timer: PhaseTimer) -> dict[str, float]:
+    """Rewards, advantages, reference and the learners' update on ``groups`` (``rows``' completions)."""
+    a, r = cfg.algorithm, cfg.rollout
+    samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
+    with timer("reward"):
+        scored = roles.score(samples)
+    failed, lines = failures.observe(step + 1, scored)
+    for line in lines:
+        tqdm.write(line)
+    rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32).view(len(rows), a.group_size)
+    metrics = {**_reward_stats(rewards, scored, samples, groups), **failed}
+    if a.overlong_buffer:
+        lengths = torch.tensor([[len(c.token_ids) for c in g] for g in groups])
+        rewards = rewards + overlong_penalty(lengths, r.max_new_tokens, a.overlong_buffer)
+    advantages = ADVANTAGES[a.name](rewards)
+    keep = informative_groups(rewards) if a.dynamic_sampling else torch.ones(len(rows), dtype=torch.bool)
+    metrics["groups_kept"] = float(keep.sum())
+    if keep.any():
+        kept = [i for i in range(len(rows)) if keep[i]]
+        batch = collate_rollout([(rows[i]["ids"], c.token_ids, c.logprobs) for i in kept for c in groups[i]],
+                                advantages[keep].flatten(), pad_id)
+        with timer("reference"):
+            batch.ref_logps = roles.reference_logps(batch)
+        with timer("learner"):
+            metrics.update(roles.train(batch, step))
+    return metrics
