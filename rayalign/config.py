@@ -263,7 +263,8 @@ class RolloutConfig(Section):
     threads: int | None = Field(
         None, gt=0, description="compute threads per engine on CPU (vLLM: its OpenMP threads, not pinned; HF: "
         "torch threads); null: vLLM pins one thread per engine to one core (the same core for every engine "
-        "on a node), HF uses 1. Phases take turns, so generation may use every core the learners leave idle")
+        "on a node), HF uses 1. Phases take turns, so generation may use every core the learners leave idle; a "
+        "tiny model generates faster on one (measured: hidden 128, 1.1 s vs 1.3 s a batch), a 34M one on 2 (7.9 s vs 8.7 s)")
     max_restarts: int = Field(
         3, ge=0, description="rollout workers replaced after their engine died (each gets the learner's "
         "weights and the phase is retried); one more death stops the run")
