@@ -7,7 +7,7 @@ Same model, prompts, reward (``letter_count``), group size, completion length, b
 steps. Each run is its own process (a fresh Ray for rayalign; TRL with 2 torch threads and its HF
 generation); runs alternate A B A B over ``--reps`` repetitions, and each side's number is the median over
 repetitions of the median steady step (the first 2 steps of each run are left out). rayalign's per-phase
-seconds come from its metrics.jsonl; TRL's step is one phase. "First step ends at": seconds from the
+seconds come from its metrics.jsonl; TRL's generation time from its own profiling timer. "First step ends at": seconds from the
 process's start (imports, Ray, engine and model loading) to the end of step 1.
 """
 
@@ -60,11 +60,21 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
     from datasets import load_dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+    from trl.extras.profiling import ProfilingContext
 
     from rayalign.rewards.builtin import letter_count
 
     torch.set_num_threads(2)
     times, lengths, first = [], [], FirstStep()
+    generate_s: list[float] = []  # TRL times its phases for W&B / MLflow only: keep its generation's here
+    original = ProfilingContext._log_metrics
+
+    def keep(self, duration: float) -> None:
+        if self.name.endswith(".transformers.generate"):  # "GRPOTrainer.transformers.generate"
+            generate_s.append(duration)
+        original(self, duration)
+
+    ProfilingContext._log_metrics = keep
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -85,11 +95,13 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
         output_dir=str(out), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=NEW_TOKENS, temperature=1.0, learning_rate=LR, lr_scheduler_type="constant",
         beta=0.0, loss_type="dapo", max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
-        use_cpu=True, dataloader_num_workers=0, max_grad_norm=1.0, seed=0)
+        use_cpu=True, dataloader_num_workers=0, max_grad_norm=1.0, seed=0,
+        bf16=False)  # GRPOConfig turns bf16 autocast on by default (on this CPU: AMX matmuls); the setting is fp32
     dataset = load_dataset("json", data_files=str(inputs["prompts"]), split="train")
     GRPOTrainer(model=str(inputs["model"]), reward_funcs=reward, args=config, train_dataset=dataset,
                 callbacks=[Timer()]).train()
     return {"step_s": statistics.median(times[SKIP:]), "first_step_at_s": first.at_s,
+            **({"time_generate_s": statistics.median(generate_s[SKIP:])} if len(generate_s) > SKIP else {}),
             "completion_tokens": statistics.median(lengths[SKIP:]) * PROMPTS * GROUP}
 
 
