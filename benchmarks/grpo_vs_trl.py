@@ -1,7 +1,11 @@
 """rayalign GRPO vs TRL's GRPOTrainer, side by side on this machine (setting: ``rl_setup.py``).
 
-    .venv/bin/python benchmarks/grpo_vs_trl.py [--sizes tiny,34m] [--reps 3] [--steps 10]
-        [--out benchmarks/results/grpo_vs_trl.json]
+    .venv/bin/python benchmarks/grpo_vs_trl.py [--sizes tiny,34m] [--reps 3] [--steps 10] [--precision fp32]
+        [--sides rayalign,trl] [--out benchmarks/results/grpo_vs_trl_<precision>.json]
+
+``--precision bf16``: TRL's default (``bf16=True``: autocast over its model, which trains and generates)
+against rayalign's learner under bf16 autocast with its engine in bfloat16. ``--sides`` may add
+``rayalign-async`` (``algorithm.async_steps: 1``, ``tis_cap: 2``: generation overlaps the learner).
 
 Same model, prompts, reward (``letter_count``), group size, completion length, batch, learning rate and
 steps. Each run is its own process (a fresh Ray for rayalign; TRL with 2 torch threads and its HF
@@ -22,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_setup import GROUP, LR, NEW_TOKENS, PROMPTS, SKIP, make_inputs, rayalign_config, steady
+from rl_setup import GROUP, LR, NEW_TOKENS, PRECISIONS, PROMPTS, SKIP, make_inputs, rayalign_config, steady
 
 PHASES = ("time_generate_s", "time_reward_s", "time_learner_s", "time_sync_s")
+SIDES = {"rayalign": {}, "rayalign-async": {"algorithm": {"async_steps": 1, "tis_cap": 2.0}}, "trl": None}
 
 
 def since_start() -> float:
@@ -42,12 +47,12 @@ class FirstStep:
         self.at_s = self.at_s or since_start()
 
 
-def run_rayalign(inputs: dict, out: Path, steps: int) -> dict:
+def run_rayalign(inputs: dict, out: Path, steps: int, precision: str, side: str) -> dict:
     from rayalign.metrics import read_metrics
     from rayalign.recipes.grpo import run
 
     first = FirstStep()
-    run(rayalign_config(inputs, out, steps), echo=lambda *_: None, reporter=first)
+    run(rayalign_config(inputs, out, steps, precision, **SIDES[side]), echo=lambda *_: None, reporter=first)
     rows = read_metrics(out)
     tokens = steady(rows, "response_length") * PROMPTS * GROUP
     return {"step_s": steady(rows, "step_time_s"), "completion_tokens": tokens, "first_step_at_s": first.at_s,
@@ -55,7 +60,7 @@ def run_rayalign(inputs: dict, out: Path, steps: int) -> dict:
                                                                    if k.startswith("sync/")}}
 
 
-def run_trl(inputs: dict, out: Path, steps: int) -> dict:
+def run_trl(inputs: dict, out: Path, steps: int, precision: str, side: str = "trl") -> dict:
     import torch
     from datasets import load_dataset
     from transformers import TrainerCallback
@@ -96,7 +101,7 @@ def run_trl(inputs: dict, out: Path, steps: int) -> dict:
         max_completion_length=NEW_TOKENS, temperature=1.0, learning_rate=LR, lr_scheduler_type="constant",
         beta=0.0, loss_type="dapo", max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
         use_cpu=True, dataloader_num_workers=0, max_grad_norm=1.0, seed=0,
-        bf16=False)  # GRPOConfig turns bf16 autocast on by default (on this CPU: AMX matmuls); the setting is fp32
+        bf16=precision == "bf16")  # GRPOConfig's default is bf16=True (autocast; on this CPU: AMX matmuls)
     dataset = load_dataset("json", data_files=str(inputs["prompts"]), split="train")
     GRPOTrainer(model=str(inputs["model"]), reward_funcs=reward, args=config, train_dataset=dataset,
                 callbacks=[Timer()]).train()
@@ -110,13 +115,14 @@ def one(args) -> None:
     root = Path(args.root)
     inputs = make_inputs(root, args.size)
     with tempfile.TemporaryDirectory(dir=root) as out:
-        fn = run_rayalign if args.one == "rayalign" else run_trl
-        result = fn(inputs, Path(out) / "run", args.steps)
+        fn = run_trl if args.one == "trl" else run_rayalign
+        result = fn(inputs, Path(out) / "run", args.steps, args.precision, args.one)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def child(side: str, size: str, steps: int, root: Path) -> dict:
-    cmd = [sys.executable, __file__, "--one", side, "--size", size, "--steps", str(steps), "--root", str(root)]
+def child(side: str, size: str, steps: int, precision: str, root: Path) -> dict:
+    cmd = [sys.executable, __file__, "--one", side, "--size", size, "--steps", str(steps), "--root", str(root),
+           "--precision", precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -143,36 +149,42 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,34m")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
-    ap.add_argument("--one", choices=["rayalign", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    ap.add_argument("--sides", default="rayalign,trl", help=f"of {', '.join(SIDES)}, in run order")
+    ap.add_argument("--out", help="default: benchmarks/results/grpo_vs_trl_<precision>.json")
+    ap.add_argument("--one", choices=list(SIDES), help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         return one(args)
+    sides = args.sides.split(",")
+    if "trl" not in sides or not set(sides) <= set(SIDES):
+        raise SystemExit(f"--sides: some of {', '.join(SIDES)}, trl among them")
+    out = Path(args.out or f"benchmarks/results/grpo_vs_trl_{args.precision}.json")
     results = {"setting": {"prompts": PROMPTS, "group": GROUP, "new_tokens": NEW_TOKENS, "steps": args.steps,
-                           "reps": args.reps, "skip": SKIP}}
+                           "reps": args.reps, "skip": SKIP, "precision": args.precision}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
-            runs: dict[str, list] = {"rayalign": [], "trl": []}
+            runs: dict[str, list] = {side: [] for side in sides}
             for rep in range(args.reps):
-                for side in ("rayalign", "trl"):  # A B A B
-                    runs[side].append(child(side, size, args.steps, Path(tmp)))
+                for side in sides:  # A B A B
+                    runs[side].append(child(side, size, args.steps, args.precision, Path(tmp)))
                     print(f"{size} rep {rep + 1} {side}: step {runs[side][-1]['step_s']:.2f} s", flush=True)
-            ra, trl = summary(runs["rayalign"]), summary(runs["trl"])
-            results[size] = {"rayalign": ra, "trl": trl, "ratio": trl["step_s"] / ra["step_s"]}
-    print("\n| size | framework | step (s) | samples/s | tokens/s | generate | learner | sync | vs TRL | first step "
-          "ends at (s) |")
+            results[size] = {side: summary(runs[side]) for side in sides}
+            for side in sides:
+                results[size][side]["vs_trl"] = results[size]["trl"]["step_s"] / results[size][side]["step_s"]
+    print(f"\n{args.precision}\n| size | framework | step (s) | samples/s | tokens/s | generate | learner | sync | "
+          "vs TRL | first step ends at (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
-        for side in ("trl", "rayalign"):
+        for side in ["trl"] + [s for s in sides if s != "trl"]:
             r = results[size][side]
             phases = [f"{r[k]:.2f}" if k in r else "-" for k in ("time_generate_s", "time_learner_s", "time_sync_s")]
-            ratio = f"{results[size]['ratio']:.2f}x" if side == "rayalign" else "1.00x"
             print(f"| {size} | {side} | {r['step_s']:.2f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                  + " | ".join(phases) + f" | {ratio} | {r['first_step_at_s']:.0f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+                  + " | ".join(phases) + f" | {r['vs_trl']:.2f}x | {r['first_step_at_s']:.0f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

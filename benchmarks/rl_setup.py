@@ -37,8 +37,13 @@ def make_inputs(root: Path, size: str) -> dict:
     return {"model": model, "prompts": prompts}
 
 
-def rayalign_config(inputs: dict, out: Path, steps: int, **over) -> "RecipeConfig":  # noqa: F821
-    """The benchmark's GRPO recipe; ``over``: top-level sections merged over it (e.g. rollout={...})."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def rayalign_config(inputs: dict, out: Path, steps: int, precision: str = "fp32", **over) -> "RecipeConfig":  # noqa: F821
+    """The benchmark's GRPO recipe; ``precision`` bf16: the learner under bf16 autocast and the engine in
+    bfloat16 (what TRL's default ``bf16=True`` does to its model, which also generates); ``over``: top-level
+    sections merged over it (e.g. rollout={...})."""
     from rayalign.config import RecipeConfig
 
     cfg = {
@@ -52,6 +57,8 @@ def rayalign_config(inputs: dict, out: Path, steps: int, **over) -> "RecipeConfi
         "rollout": {"engine": "vllm", "num_workers": 1, "num_cpus": 0.5, "max_new_tokens": NEW_TOKENS, "threads": 2},
         "reward": {"functions": [{"name": "letter_count"}], "num_workers": 1, "num_cpus": 0.25},
     }
+    if precision == "bf16":
+        cfg["training"]["mixed_precision"], cfg["rollout"]["dtype"] = "bf16", "bfloat16"
     for section, values in over.items():
         cfg[section] = {**cfg.get(section, {}), **values}
     return RecipeConfig.model_validate(cfg)

@@ -103,6 +103,9 @@ class TrainingConfig(Section):
     stop_after_steps: int | None = Field(
         None, gt=0, description="end this launch after N steps (checkpointed; --resume continues); "
         "for time-limited jobs. The schedule still spans max_steps")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: the forward under bfloat16 autocast (weights, gradients and optimizer state stay "
+        "in model.dtype), as TRL's bf16=True; fast on GPUs and on CPUs with AMX / avx512-bf16")
     max_failures: int = Field(0, ge=-1, description="worker-failure restarts from the last checkpoint (Ray Train "
                               "workers; GRPO's learner group); -1 = no limit")
 
@@ -253,6 +256,9 @@ class RolloutConfig(Section):
     num_workers: int = Field(1, gt=0, description="rollout actors, one engine each")
     num_cpus: float = Field(0.5, gt=0, description="Ray CPUs per rollout actor")
     num_gpus: float = Field(0, ge=0, description="GPUs per rollout actor (1 for CUDA vLLM)")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="the engines' weight dtype; null: model.dtype. The learner casts its weights to it "
+        "for each sync and fingerprints them as cast")
     temperature: float = Field(1.0, ge=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(64, gt=0, description="completion length cap")

@@ -50,12 +50,13 @@ class Synced:
 
 
 def sync_weights(learners: list, rollouts: dict[int, object], version: int, timeout_s: float | None = None,
-                 names: list[str] | None = None) -> Synced:
-    """Send the learners' weights to the rollout workers (by index) and verify them at sync ``version``.
+                 names: list[str] | None = None, dtype: str | None = None) -> Synced:
+    """Send the learners' weights (cast to ``dtype``, the engines' ``rollout.dtype``, when set) to the
+    rollout workers (by index) and verify them at sync ``version``.
     A worker whose engine died raises ``RolloutFailed`` naming it; a learner (``names``) or worker that
     does not answer within ``timeout_s``, ``RoleTimeout``."""
     start = time.perf_counter()
-    calls = [learner.gather_weights.options(num_returns=2).remote(version) for learner in learners]
+    calls = [learner.gather_weights.options(num_returns=2).remote(version, dtype) for learner in learners]
     weights = calls[0][0]
     (learner_fp, learner_s), *_ = answers([c[1] for c in calls],
                                           names or [f"learner-{i}" for i in range(len(learners))],

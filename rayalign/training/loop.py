@@ -31,7 +31,7 @@ from rayalign.checkpoint import (MODEL, TrainerState, load_training_state, save_
 from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
 from rayalign.models.loading import load_model, load_tokenizer, load_trainable
-from rayalign.training import guards, sharding
+from rayalign.training import guards, precision, sharding
 from rayalign.training.batching import DataOrder, evaluate, step_micro_batches
 from rayalign.training.objectives import Objective, make_objective
 
@@ -77,7 +77,7 @@ def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, ma
     torch.manual_seed(t.seed)  # LoRA init must match on every rank
     model = load_trainable(model_cfg, str(Path(restored) / MODEL) if restored else None)
     model.train()
-    model = sharding.wrap(model, strategy, device)
+    model = sharding.wrap(precision.apply(model, t.mixed_precision, device), strategy, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)
     scheduler = get_scheduler(_SCHEDULERS[t.lr_scheduler], optimizer, num_warmup_steps=t.warmup_steps,

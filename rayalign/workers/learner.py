@@ -22,7 +22,7 @@ from rayalign.checkpoint import TrainerState, prune
 from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
 from rayalign.engines.base import sync_fingerprint
 from rayalign.engines.flat_weights import FlatWeights
-from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.models.loading import DTYPES, load_model, load_tokenizer
 from rayalign.outputs import staged
 from rayalign.training import sharding
 from rayalign.training.loop import build_trainable, write_checkpoint
@@ -82,9 +82,10 @@ class LearnerWorker:
         torch.manual_seed(self.training.seed * 1_000_003 + step * 1009 + self.rank)
         return self.learner.train_step(batch, step)
 
-    def gather_weights(self, version: int = 0) -> tuple[FlatWeights | None, tuple | None]:
-        """(full weights by HF name in one buffer, (their sync fingerprint at ``version``, seconds each
-        part took)) on rank 0, (None, None) elsewhere. A collective.
+    def gather_weights(self, version: int = 0, dtype: str | None = None) -> tuple[FlatWeights | None, tuple | None]:
+        """(full weights by HF name in one buffer, cast to ``dtype`` (the engines', ``rollout.dtype``) when
+        given, (their sync fingerprint at ``version``, seconds each part took)) on rank 0, (None, None)
+        elsewhere. A collective.
 
         LoRA: engines run plain models, so the adapter is merged (W + scale B A) in a CPU copy of the
         peft model, see ``_merged``."""
@@ -92,8 +93,10 @@ class LearnerWorker:
         state = sharding.full_model_state(self.learner.model)
         if self.rank != 0:
             return None, None
+        if dtype is not None:
+            state = {name: t.to(DTYPES[dtype]) if t.is_floating_point() else t for name, t in state.items()}
         if self.model_cfg.lora is not None:
-            state, tensors = self._merged(state)
+            state, tensors = self._merged(state, dtype)
         else:
             tensors = fingerprinted(self.learner.model, state)
         gathered = time.perf_counter()
@@ -103,14 +106,15 @@ class LearnerWorker:
         return flat, (fingerprint, {"gather_s": gathered - start, "pack_s": packed - gathered,
                                     "learner_check_s": time.perf_counter() - packed})
 
-    def _merged(self, state: dict) -> tuple[dict, list[torch.Tensor]]:
-        """LoRA: the gathered peft state loaded into a CPU copy, adapters merged (peft's
-        ``merge_adapter``), plain HF names read off, adapters unmerged again."""
+    def _merged(self, state: dict, dtype: str | None) -> tuple[dict, list[torch.Tensor]]:
+        """LoRA: the gathered peft state loaded into a CPU copy (in ``dtype`` when given), adapters merged
+        (peft's ``merge_adapter``), plain HF names read off, adapters unmerged again."""
         if self._merge_copy is None:
             from peft import get_peft_model
 
             peft_cfg = sharding.unwrap(self.learner.model).peft_config["default"]
-            self._merge_copy = get_peft_model(load_model(self.model_cfg, apply_lora=False), peft_cfg)
+            base = self.model_cfg if dtype is None else self.model_cfg.model_copy(update={"dtype": dtype})
+            self._merge_copy = get_peft_model(load_model(base, apply_lora=False), peft_cfg)
         copy = self._merge_copy
         copy.load_state_dict(state)
         copy.merge_adapter()

@@ -131,7 +131,7 @@ class RLRoles:
         stop([self.rollouts[failed.index]])
         [self.rollouts[failed.index]] = self._start_rollouts(1, failed.index)()
         sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.version,
-                     self.deadline.sync, self.learner_names)
+                     self.deadline.sync, self.learner_names, self.cfg.rollout.dtype)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
@@ -169,7 +169,8 @@ class RLRoles:
 
     def sync(self) -> Synced:
         synced = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts)),
-                                                           self.version, self.deadline.sync, self.learner_names))
+                                                           self.version, self.deadline.sync, self.learner_names,
+                                                           self.cfg.rollout.dtype))
         self.learned_unsynced, self.version = False, self.version + 1
         return synced
 

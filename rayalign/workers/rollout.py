@@ -29,6 +29,8 @@ class RolloutWorker:
     def __init__(self, model: ModelConfig, cfg: RolloutConfig, max_model_len: int, seed: int,
                  torch_threads: int = 1):
         quiet_actor(cfg.threads or torch_threads)
+        if cfg.dtype is not None:
+            model = model.model_copy(update={"dtype": cfg.dtype})
         self.engine = build_engine(cfg.engine, model, max_model_len=max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
                                    kv_cache_gib=cfg.kv_cache_gib, seed=seed, use_gpu=cfg.num_gpus > 0,

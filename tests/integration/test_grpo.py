@@ -90,3 +90,19 @@ def test_a_reward_that_always_fails_stops_the_run_with_its_error(ray_local, tiny
     assert "reward fn 'reward_fns:two_args' raised TypeError: two_args() got an unexpected keyword argument" in first
     assert second == "stopped after step 2 of 6; continue from checkpoint-000002 with --resume"
     assert [m["reward_failures/reward_fns:two_args"] for m in read_metrics(tmp_path / "out")] == [16.0, 16.0]
+
+
+def test_bf16_autocast_learners_sync_cast_weights_into_a_bf16_engine(ray_local, tiny_model_dir, tmp_path):
+    """training.mixed_precision bf16 on 2 FSDP2 learners; rollout.dtype bfloat16: every sync casts the
+    learner's float32 weights and the fingerprint verifies the cast ones (a mismatch stops the run)."""
+    out = tmp_path / "out"
+    cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), out, kl_coef=0, max_steps=2, mixed_precision="bf16")
+    final = run(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"dtype": "bfloat16"})}))
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    # autocast rounds the learner's weights to bf16 for its matmuls: the engine's bf16 weights give the same
+    # products, so the two sides agree to accumulation order (measured ~1e-6)
+    assert all(0 <= m["mismatch_kl"] < 1e-4 for m in metrics), [m["mismatch_kl"] for m in metrics]
+    trained, initial = load_file(str(final / "model.safetensors")), load_file(str(tiny_model_dir / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert trained[name].dtype == torch.float32 and not torch.equal(trained[name], initial[name])

@@ -36,3 +36,21 @@ def test_probe_reads_a_moving_block_of_columns():
     q, k = torch.randn(6, 100), torch.randn(2, 100)
     assert sync_fingerprint([torch.cat([q, k])], 2) == pytest.approx(weights_fingerprint([probe(q, 2), probe(k, 2)]),
                                                                       rel=1e-12)
+
+
+def test_learner_sends_weights_cast_to_the_engines_dtype_and_fingerprints_them_as_cast(tiny_model_dir):
+    """rollout.dtype bfloat16: the buffer holds bf16 tensors, and the fingerprint is of those (what a bf16
+    engine reads back), not of the learner's float32 weights."""
+    from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
+    from rayalign.workers.learner import LearnerWorker
+
+    learner = LearnerWorker(1, ScalingConfig(torch_threads=torch.get_num_threads()))  # leave the process as it is
+    learner.setup(0, "", ModelConfig(name_or_path=str(tiny_model_dir)), TrainingConfig(max_steps=1),
+                  AlgorithmConfig(name="grpo", kl_coef=0.0), 8, 1, None, False)
+    full, (full_fp, _) = learner.gather_weights(3)
+    cast, (cast_fp, _) = learner.gather_weights(3, "bfloat16")
+    full, cast = dict(full), dict(cast)
+    assert set(cast) == set(full) and {t.dtype for t in cast.values()} == {torch.bfloat16}
+    assert all(torch.equal(cast[k], full[k].to(torch.bfloat16)) for k in full)
+    params = [cast[name] for name, _ in learner.learner.model.named_parameters()]
+    assert cast_fp == sync_fingerprint(params, 3) and cast_fp != full_fp
