@@ -5,7 +5,7 @@
 
 ``--precision bf16``: TRL's default (``bf16=True``: autocast over its model, which trains and generates)
 against rayalign's learner under bf16 autocast with its engine in bfloat16. ``--sides`` may add
-``rayalign-async`` (``algorithm.async_steps: 1``, ``tis_cap: 2``: generation overlaps the learner).
+``rayalign-async`` (``algorithm.async_steps: 1``, ``tis_cap: 2``: generation overlaps the learner, one core each).
 
 Same model, prompts, reward (``letter_count``), group size, completion length, batch, learning rate and
 steps. Each run is its own process (a fresh Ray for rayalign; TRL with 2 torch threads and its HF
@@ -29,7 +29,10 @@ from pathlib import Path
 from rl_setup import GROUP, LR, NEW_TOKENS, PRECISIONS, PROMPTS, SKIP, make_inputs, rayalign_config, steady
 
 PHASES = ("time_generate_s", "time_reward_s", "time_learner_s", "time_sync_s")
-SIDES = {"rayalign": {}, "rayalign-async": {"algorithm": {"async_steps": 1, "tis_cap": 2.0}}, "trl": None}
+SIDES = {"rayalign": {},  # the phases take turns, each with both cores
+         "rayalign-async": {"algorithm": {"async_steps": 1, "tis_cap": 2.0},  # at once, one core each
+                            "scaling": {"torch_threads": 1}, "rollout": {"threads": 1}},
+         "trl": None}
 
 
 def since_start() -> float:
