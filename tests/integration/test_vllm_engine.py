@@ -172,3 +172,18 @@ def test_concurrent_seeded_requests_past_the_token_budget(engine):
     for j in (0, 37, 63):  # prompt j samples with seed + j * n whatever else is in the batch
         alone = engine.generate([prompts[j]], SamplingSpec(n=2, temperature=1.0, max_new_tokens=8, seed=11 + 2 * j))
         assert [c.token_ids for c in alone[0]] == [c.token_ids for c in out[j]]
+
+
+def test_model_worker_runs_inside_the_engine_core_process(engine):
+    """On CPU: one vLLM process (the engine core, which also runs the model), not an engine core plus a
+    worker process; and the setting that allows it is not left behind for this process's other vLLM users."""
+    import os
+
+    import psutil
+
+    from rayalign.engines.vllm_engine import MULTIPROCESSING
+
+    [core] = engine.llm.engine_core.resources.engine_manager.processes
+    assert psutil.Process(core.pid).children(recursive=True) == []
+    assert engine.llm.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    assert os.environ.get(MULTIPROCESSING) != "0"
