@@ -67,7 +67,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
                               "learning_rate, lr_scheduler, warmup_steps, weight_decay, max_grad_norm, "
                               "micro_batch_size, gradient_accumulation_steps, max_steps, num_epochs, "
                               "logging_steps, eval_steps, save_steps, save_total_limit, resume, overwrite, stop_after_steps, "
-                              "max_failures)\n")
+                              "mixed_precision, max_failures)\n")
 
 
 def test_train_validates_data_before_anything_runs(tmp_path, capsys):
