@@ -130,8 +130,7 @@ class RLRoles:
         self.notify(f"{failed}; restarting it ({self.rollout_restarts} of at most {self.max_restarts})")
         stop([self.rollouts[failed.index]])
         [self.rollouts[failed.index]] = self._start_rollouts(1, failed.index)()
-        sync_weights(self.learners, {failed.index: self.rollouts[failed.index]}, self.version,
-                     self.deadline.sync, self.learner_names, self.cfg.rollout.dtype)
+        self._sync_into({failed.index: self.rollouts[failed.index]})
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """Contiguous chunks of prompts to the rollout workers; each chunk's seeds continue the global
@@ -167,10 +166,13 @@ class RLRoles:
         except NonFiniteError as exc:  # a run guard's stop, wrapped by Ray: keep its one line
             raise NonFiniteError(f"learner: {getattr(exc, 'cause', exc)}") from None
 
+    def _sync_into(self, rollouts: dict[int, object]) -> Synced:
+        """The learners' current weights into ``rollouts`` (by index), verified at this sync's version."""
+        return sync_weights(self.learners, rollouts, self.version, self.deadline.sync, self.learner_names,
+                            self.cfg.rollout.dtype)
+
     def sync(self) -> Synced:
-        synced = self._with_restarts(lambda: sync_weights(self.learners, dict(enumerate(self.rollouts)),
-                                                           self.version, self.deadline.sync, self.learner_names,
-                                                           self.cfg.rollout.dtype))
+        synced = self._with_restarts(lambda: self._sync_into(dict(enumerate(self.rollouts))))
         self.learned_unsynced, self.version = False, self.version + 1
         return synced
 
