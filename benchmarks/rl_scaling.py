@@ -5,7 +5,7 @@ each role's processes (setting: ``rl_setup.py``).
 
 Threads are split so that each layout uses the machine's 2 cores once: 2 rollout workers x 1 thread, or 2
 learner ranks (FSDP2 over gloo) x 1 thread. Peak RSS is each process's high-water mark (VmHWM) read at the
-last step, a rollout worker counted with its vLLM engine-core and worker processes.
+last step, a rollout worker counted with any vLLM process of its own (none since vLLM runs in the actor).
 """
 
 from __future__ import annotations

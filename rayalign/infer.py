@@ -95,7 +95,8 @@ def interactive(model: ModelConfig, cfg: InferConfig, read: Callable[[str], str]
 
     tokenizer = load_tokenizer(model)
     engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
-                          gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib)
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
+                          streaming=True)
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     history: list[dict] = list(system)
     write(f"chatting with {model.name_or_path}; /reset starts over, /exit leaves\n")

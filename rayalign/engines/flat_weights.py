@@ -4,7 +4,7 @@ learner to the rollout engines after every update.
 One numpy buffer goes through Ray's object store without pickling and is read zero-copy by every
 rollout worker on the node (a list of torch tensors is pickled tensor by tensor: 0.4 s against 0.13 s
 for a 34M model on 2 cores). The buffer is the safetensors format byte for byte (an 8-byte header size,
-the JSON header, the data), so a vLLM engine hands it to its worker process as a file written in one
+the JSON header, the data), so a vLLM engine hands it to its model worker as a file written in one
 call, and ``safetensors.torch.load`` reads it as any checkpoint. Tensors are laid out by element size,
 largest first, so each starts aligned to its size and can be viewed in place (``__iter__``).
 """

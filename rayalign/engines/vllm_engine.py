@@ -1,11 +1,10 @@
-"""The vLLM engine: vLLM's ``AsyncLLM`` behind the :class:`~rayalign.engines.base.GenerationEngine`
-interface, for RL rollout (batched ``generate``) and serving (``stream``, many concurrent requests into
-one continuous batch).
+"""The vLLM engine for batches (RL rollout, batch inference, evaluation): ``vllm.LLM`` running in this
+process, behind the :class:`~rayalign.engines.base.GenerationEngine` interface. Serving (many concurrent
+requests, streamed) uses ``AsyncLLM`` instead: :mod:`rayalign.engines.vllm_serving`, which shares the
+settings and helpers of this module.
 
-A plain class, so a Ray rollout actor or a Ray Serve replica builds one in its own process. The async
-engine runs on its own event-loop thread: synchronous callers (rollout actors, batch inference) block on
-it, and async callers (a Serve replica's loop) get their pieces through a queue. Three settings carry
-the interface's promises:
+A plain class, so a Ray rollout actor builds one in its own process. The settings that carry the
+interface's promises (both engines):
 
 - ``logprobs_mode="raw_logprobs"`` with ``SamplingParams(logprobs=k)``: vLLM reports the sampled
   token's log-prob from the logits before temperature / top-p, the number the learner recomputes.
@@ -21,45 +20,80 @@ the interface's promises:
   a client sending ``seed``). Without chunked prefill a prompt is prefilled in one step (vLLM raises
   the budget to at least ``max_model_len``), nothing is discarded, and each seeded request's samples
   stay a function of its seed alone. CUDA generators rewind, so GPUs keep chunked prefill.
-- on CPU, the model worker runs inside the engine-core process (``distributed_executor_backend="uni"``,
-  which vLLM's CPU platform allows only with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; ``AsyncLLM`` still
-  runs its engine core as its own process). vLLM's default there is a separate worker process: one
-  more spawn importing torch and vLLM (~10 s of start-up, ~1 GB), and a scheduler process busy beside
-  the model's threads on a small machine. Measured on 2 cores: start 31-37 s -> 22-24 s, and the
-  34M model's 32 x 128-token batch 8.9 s -> 6.0 s with 2 threads.
+- one process: the scheduler and the model worker run in the process that builds the engine
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while it starts, ``distributed_executor_backend="uni"``).
+  vLLM's default spawns an engine-core process and, on CPU, a worker process beside it, each importing
+  torch and vLLM, with every decode step's outputs crossing between them. Measured on 2 cores, tiny
+  model / 34M model, 32 x 128 tokens: start 25 -> 12 s, generation 1.2-2.7 -> 0.6-1.0 s / 5.1-6.5 ->
+  3.0-3.5 s. The engine is then this process's: vLLM's CPU worker sets up a one-rank gloo group here
+  (taken down at ``close``) and replaces ``torch.set_num_threads`` with a no-op (restored after the
+  start); the model runs on this process's torch threads.
 
-When the engine dies anyway, :class:`~rayalign.engines.base.EngineDied` carries the root cause its own
-processes logged (``engines/vllm_errors.py``), not vLLM's "see stack trace above".
-
-Stop tokens come from the model: vLLM stops at the tokenizer's EOS and at every ``eos_token_id`` in
-``generation_config.json`` (e.g. ChatML's ``<|im_end|>``).
+An exception while the engine generates leaves its requests half-done inside it: the engine is not
+used again (:class:`~rayalign.engines.base.EngineDied`, with the cause in one line), and a rollout
+worker is replaced. Stop tokens come from the model: vLLM stops at the tokenizer's EOS and at every
+``eos_token_id`` in ``generation_config.json`` (e.g. ChatML's ``<|im_end|>``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
+import gc
 import os
-import threading
-import uuid
-from typing import AsyncIterator, Awaitable, Iterable, TypeVar
+from typing import Any, Iterable
 
 import torch
-from vllm import SamplingParams
-from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
-from vllm.v1.engine.async_llm import AsyncLLM
 
 from rayalign.config import ModelConfig
 from rayalign.engines import vllm_errors, vllm_ext
 from rayalign.engines.base import Completion, Delta, EngineDied, SamplingSpec
 
-T = TypeVar("T")
 MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+_alive: set[int] = set()  # the in-process engine of this process, while it is open (at most one)
+
+
+def one_per_process_taken() -> bool:
+    """Whether this process already runs an in-process engine. vLLM's distributed state (its one-rank
+    group) is per process and each engine's shutdown takes it down: a second engine in the same process
+    (``evaluate``'s baseline, ``compare``'s second model) is the serving engine, out of process."""
+    return bool(_alive)
+
+
+def engine_args(model: ModelConfig, *, max_model_len: int | None, gpu_memory_utilization: float, seed: int,
+                enforce_eager: bool) -> dict[str, Any]:
+    """vLLM's engine arguments, the same for both engines (see the module's docstring)."""
+    cpu = current_platform.is_cpu()
+    return dict(
+        model=model.name_or_path, tokenizer=model.tokenizer, revision=model.revision, dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code, seed=seed, max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+        logprobs_mode="raw_logprobs", disable_log_stats=True, enable_chunked_prefill=not cpu,
+        distributed_executor_backend="uni",
+        worker_extension_cls=f"{vllm_ext.__name__}.{vllm_ext.WeightSyncExtension.__name__}")
+
+
+@contextlib.contextmanager
+def single_process(on: bool = True):
+    """While an engine starts (``on``): vLLM's multiprocessing off (the in-process engine keeps its core here;
+    ``AsyncLLM`` still spawns its core, and vLLM's CPU platform then keeps the "uni" executor inside it
+    instead of another worker process). Restored afterwards, with ``torch.set_num_threads``, which
+    vLLM's CPU worker replaces, so this process's other users keep both."""
+    before, set_threads = os.environ.get(MULTIPROCESSING), torch.set_num_threads
+    if on:
+        os.environ[MULTIPROCESSING] = "0"
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        if before is None:
+            os.environ.pop(MULTIPROCESSING, None)
+        else:
+            os.environ[MULTIPROCESSING] = before
 
 
 def sampling_params(spec: SamplingSpec, index: int = 0,
@@ -107,129 +141,84 @@ def to_delta(index: int, out: CompletionOutput, k: int) -> Delta:
                  top_logprobs=top, finish_reason=_finish(out.finish_reason))
 
 
-@contextlib.contextmanager
-def _worker_in_engine_core(cpu: bool):
-    """While the engine starts on CPU: the setting under which vLLM's CPU platform keeps the "uni"
-    executor (it resolves the config here and the engine core inherits it). Restored afterwards, so
-    this process's other vLLM users (a plain ``vllm.LLM``) keep vLLM's default."""
-    before = os.environ.get(MULTIPROCESSING)
-    if cpu:
-        os.environ[MULTIPROCESSING] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(MULTIPROCESSING, None)
-        else:
-            os.environ[MULTIPROCESSING] = before
+class WeightSync:
+    """``load_weights`` and ``fingerprint`` through vLLM's worker extension, for both engines; they
+    provide ``_rpc(method, *args)`` (one worker's result: no tensor parallelism) and ``_reset_prefix_cache``."""
 
+    def _rpc(self, method: str, *args: Any) -> Any:
+        raise NotImplementedError
 
-class VLLMEngine:
-    def __init__(self, model: ModelConfig, *, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.2, seed: int = 0, enforce_eager: bool = True):
-        # LoRA runs merged: the learner sends full merged weights through load_weights.
-        cpu = current_platform.is_cpu()
-        args = AsyncEngineArgs(
-            model=model.name_or_path, tokenizer=model.tokenizer, revision=model.revision,
-            dtype=model.dtype, trust_remote_code=model.trust_remote_code, seed=seed,
-            max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager, logprobs_mode="raw_logprobs", disable_log_stats=True,
-            enable_chunked_prefill=not cpu, distributed_executor_backend="uni" if cpu else None,
-            worker_extension_cls=f"{vllm_ext.__name__}.{vllm_ext.WeightSyncExtension.__name__}")
-        self._errors = vllm_errors.new_error_file()  # before the engine's processes start: they inherit it
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
-        self._thread.start()
-        self.llm: AsyncLLM | None = None
-        with _worker_in_engine_core(cpu):
-            self.llm = self._run(self._start(args))
-        self.max_model_len: int = self.llm.model_config.max_model_len
-
-    @staticmethod
-    async def _start(args: AsyncEngineArgs) -> AsyncLLM:
-        return AsyncLLM.from_engine_args(args)  # built on the engine loop, so its output handler runs there
-
-    def _run(self, coro: Awaitable[T]) -> T:
-        """Run a coroutine on the engine's loop and wait for it (from any other thread)."""
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        except Exception:
-            if self.llm is not None and self.llm.errored:
-                raise self._died() from None  # one line with the cause, not vLLM's chain of frames
-            raise
-
-    def _died(self) -> EngineDied:
-        return EngineDied(f"vLLM engine died: {vllm_errors.root_cause(self._errors)}")
-
-    def check_health(self) -> None:
-        if self.llm.errored:
-            raise self._died()
-
-    async def _final(self, prompt: list[int], params: SamplingParams) -> RequestOutput:
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
-            final = out  # FINAL_ONLY: one output, all n completions
-        return final
-
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        copies = copies_per_prompt(spec)
-
-        async def all_requests() -> list[RequestOutput]:  # submitted together: one continuous batch
-            return await asyncio.gather(*(self._final(p, sampling_params(spec, j))
-                                          for j, p in enumerate(prompts) for _ in range(copies)))
-
-        outputs = self._run(all_requests())
-        return [[to_completion(o, spec.top_logprobs) for out in outputs[i:i + copies] for o in out.outputs]
-                for i in range(0, len(outputs), copies)]
-
-    async def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
-        # One request per completion i with seed + i: the same samples an n-request with the seed gives.
-        caller, pieces = asyncio.get_running_loop(), asyncio.Queue()
-        put = lambda item: caller.call_soon_threadsafe(pieces.put_nowait, item)  # noqa: E731
-
-        async def one(i: int) -> None:
-            seed = None if spec.seed is None else spec.seed + i
-            params = sampling_params(dataclasses.replace(spec, n=1, seed=seed), kind=RequestOutputKind.DELTA)
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
-                for o in out.outputs:
-                    put(to_delta(i, o, spec.top_logprobs))
-
-        async def produce() -> None:
-            try:
-                await asyncio.gather(*(one(i) for i in range(spec.n)))
-                put(None)
-            except Exception as exc:  # handed to the caller's loop and raised there
-                put(self._died() if self.llm.errored else exc)
-
-        task = asyncio.run_coroutine_threadsafe(produce(), self._loop)
-        try:
-            while (item := await pieces.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            task.cancel()  # a client that went away: vLLM aborts the requests on cancellation
+    def _reset_prefix_cache(self) -> bool:
+        raise NotImplementedError
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         path = vllm_ext.write_weights(weights)
         try:
-            self._run(self.llm.collective_rpc("load_hf_weights", args=(str(path),)))
+            self._rpc("load_hf_weights", str(path))
         finally:
             path.unlink(missing_ok=True)
-        if not self._run(self.llm.reset_prefix_cache()):
+        if not self._reset_prefix_cache():
             raise RuntimeError("vLLM engine: prefix cache not reset after a weight load (requests still "
                                "running?); cached KV would mix old and new weights")
 
     def fingerprint(self, version: int = 0) -> tuple[float, float]:
-        (fp,) = self._run(self.llm.collective_rpc("weights_fingerprint", args=(version,)))  # one worker: no tensor parallelism
+        fp = self._rpc("weights_fingerprint", version)
         return float(fp[0]), float(fp[1])
 
-    def close(self) -> None:
-        """Stop vLLM's engine-core and worker processes now rather than at garbage collection."""
-        async def shutdown() -> None:  # on the engine loop: it cancels the output-handler task living there
-            self.llm.shutdown()
 
-        self._run(shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        del self.llm  # collected now, not at interpreter exit (where AsyncLLM.__del__ fails on torn-down globals)
-        self._errors.unlink(missing_ok=True)
+class VLLMEngine(WeightSync):
+    def __init__(self, model: ModelConfig, *, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.2, seed: int = 0, enforce_eager: bool = True):
+        # LoRA runs merged: the learner sends full merged weights through load_weights.
+        if one_per_process_taken():
+            raise RuntimeError("one in-process vLLM engine per process: build_engine gives the second one "
+                               "its own process")
+        with single_process():
+            self.llm = LLM(**engine_args(model, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
+                                         gpu_memory_utilization=gpu_memory_utilization))
+        _alive.add(id(self))
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+        self._failed: str | None = None  # the cause, once an exception left requests inside the engine
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
+        self.check_health()
+        copies = copies_per_prompt(spec)
+        requests = [(TokensPrompt(prompt_token_ids=p), sampling_params(spec, j))
+                    for j, p in enumerate(prompts) for _ in range(copies)]
+        try:  # one call: one continuous batch, the outputs in the order of the requests
+            outputs = self.llm.generate([r for r, _ in requests], [s for _, s in requests], use_tqdm=False)
+        except Exception as exc:
+            if not self.llm.llm_engine.has_unfinished_requests():
+                raise  # refused before generating (e.g. a prompt too long): the engine is as it was
+            self._failed = vllm_errors.one_line(exc)
+            raise self._died() from exc
+        return [[to_completion(o, spec.top_logprobs) for out in outputs[i:i + copies] for o in out.outputs]
+                for i in range(0, len(outputs), copies)]
+
+    def _rpc(self, method: str, *args: Any) -> Any:
+        self.check_health()
+        (result,) = self.llm.collective_rpc(method, args=args)
+        return result
+
+    def _reset_prefix_cache(self) -> bool:
+        return self.llm.reset_prefix_cache()
+
+    def _died(self) -> EngineDied:
+        return EngineDied(f"vLLM engine failed while generating: {self._failed}")
+
+    def check_health(self) -> None:
+        if self._failed is not None:
+            raise self._died()
+
+    def stream(self, prompt: list[int], spec: SamplingSpec):
+        raise TypeError("the batch vLLM engine does not stream: build_engine(..., streaming=True) gives "
+                        "the serving engine")
+
+    def close(self) -> None:
+        """Free the engine's memory (vLLM's shutdown also takes down its one-rank group here)."""
+        if id(self) not in _alive:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        _alive.discard(id(self))
+        gc.collect()

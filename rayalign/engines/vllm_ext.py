@@ -1,9 +1,9 @@
 """Methods vLLM mixes into its worker (``LLM(worker_extension_cls=...)``), called through
 ``llm.collective_rpc("<method>", args=...)``: they run where the model lives, which may be another
-process (vLLM CPU runs engine core and worker in their own processes). Weights travel as a safetensors
-file in shared memory (``write_weights``; only its path goes through the RPC): pushing 136 MB through
-vLLM's two message hops (client -> engine core -> worker) took 0.7 s, the file costs one write and one
-read of memory. A bare tensor argument would not do either: vLLM's RPC encoder turns it into an untyped
+process (the serving engine's core; the batch engine runs in its caller's). Weights travel as a
+safetensors file in shared memory (``write_weights``; only its path goes through the RPC), one way for
+both engines: pushing 136 MB through vLLM's message hops (client -> engine core -> worker, as it was)
+took 0.7 s, the file costs one write and one read of memory. A bare tensor argument would not do either: vLLM's RPC encoder turns it into an untyped
 ``[dtype, shape, buffer-index]`` list that the worker cannot rebuild.
 
 Weights are loaded with vLLM's ``reload_weights``, not ``model.load_weights``: reload re-runs each

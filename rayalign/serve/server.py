@@ -104,7 +104,7 @@ class OpenAIServer:
         self.tokenizer = load_tokenizer(model)
         self.engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
-                                   kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0)
+                                   kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0, streaming=True)
         self.name = cfg.served_model_name or model.name_or_path
         self.api_key = api_key
         self.created = int(time.time())

@@ -56,7 +56,7 @@ class RolloutWorker:
         return self.engine.fingerprint(version)
 
     def close(self) -> None:
-        """Stop the engine's own processes (vLLM's engine core) before the actor is killed."""
+        """Free the engine (and stop any process of its own) before the actor is killed."""
         self.engine.close()
 
 
@@ -84,7 +84,7 @@ def result(role: str, index: int, ref: Any) -> Any:
 
 
 def stop(workers: list[Any], timeout_s: float = 60.0) -> None:
-    """Stop the engines' own processes (vLLM's engine core), then the actors; a worker already dead or
+    """Free the engines (and any process of their own), then stop the actors; a worker already dead or
     whose engine died is killed all the same."""
     refs = [w.close.remote() for w in workers]
     ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

@@ -159,8 +159,8 @@ def test_concurrent_seeded_long_prompts(server, client, tiny_tokenizer):
 
 
 def engine_processes() -> list[psutil.Process]:
-    """The vLLM processes under the Serve replica's actor (its engine core and model worker); Ray titles
-    an actor's process ``ray::ServeReplica:<app>:<deployment>``."""
+    """The vLLM processes under the Serve replica's actor; Ray titles an actor's process
+    ``ray::ServeReplica:<app>:<deployment>``."""
     [replica] = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"
                  in " ".join(p.info["cmdline"] or [])]
     return replica.children(recursive=True)
@@ -169,7 +169,11 @@ def engine_processes() -> list[psutil.Process]:
 def test_engine_death_gets_503_json_and_the_replica_is_replaced(server, client):
     """Last in the module: it kills the replica's engine. Until Serve's health check replaces the
     replica, requests get 503 OpenAI JSON naming the engine's failure; then the new replica serves."""
-    for proc in engine_processes():
+    procs = engine_processes()
+    # AsyncLLM's engine core, which on CPU runs the model too (no worker process); beside it multiprocessing's
+    # resource tracker
+    assert [p.name() for p in procs if p.name().startswith("VLLM")] == ["VLLM::EngineCore"]
+    for proc in procs:
         proc.kill()
     statuses, deadline = [], time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -1,8 +1,9 @@
-"""The vLLM engine on the tiny model, one engine for the module (~25 s to start): n samples per prompt
+"""The batch vLLM engine on the tiny model, one engine for the module (~12 s to start): n samples per prompt
 whose log-probs are the raw model's (transformers recomputes them), seeds, weight loading checked by
 the fingerprint, a partial sync caught by ``check_sync``, and stopping at EOS ids and stop strings."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from rayalign.config import ModelConfig
 from rayalign.engines.base import SamplingSpec, check_sync, sync_fingerprint
+from rayalign.engines.build import build_engine
 from rayalign.engines.vllm_engine import VLLMEngine
+from rayalign.engines.vllm_serving import AsyncVLLMEngine
 
 PROMPT = "<|im_start|>user\nHow many 'r' in 'strawberry'?<|im_end|>\n<|im_start|>assistant\n"
 # longer than vLLM CPU's 128-token KV block, so a prefix cache kept across a weight load would show
@@ -23,6 +26,7 @@ def engine(tiny_model_dir):
     engine = VLLMEngine(ModelConfig(name_or_path=str(tiny_model_dir)), max_model_len=512)
     yield engine
     engine.close()  # before the next module starts its own engine
+    assert not torch.distributed.is_initialized()  # the last engine out took down vLLM's one-rank group
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +178,61 @@ def test_concurrent_seeded_requests_past_the_token_budget(engine):
         assert [c.token_ids for c in alone[0]] == [c.token_ids for c in out[j]]
 
 
-def test_model_worker_runs_inside_the_engine_core_process(engine):
-    """On CPU: one vLLM process (the engine core, which also runs the model), not an engine core plus a
-    worker process; and the setting that allows it is not left behind for this process's other vLLM users."""
+def test_engine_runs_in_this_process_and_leaves_it_as_it_was(engine, tiny_model_dir):
+    """The batch engine: no process of its own (vLLM's core and worker live here); the settings its start
+    needs (multiprocessing off, vLLM's no-op ``torch.set_num_threads``) are not left behind; a second
+    engine opened beside it (``evaluate`` with a baseline) gets a process of its own, since vLLM's
+    distributed state is per process."""
     import os
 
     import psutil
+    import torch.distributed as dist
 
     from rayalign.engines.vllm_engine import MULTIPROCESSING
 
-    [core] = engine.llm.engine_core.resources.engine_manager.processes
-    assert psutil.Process(core.pid).children(recursive=True) == []
-    assert engine.llm.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    assert psutil.Process().children(recursive=True) == []
+    assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert os.environ.get(MULTIPROCESSING) != "0"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    assert torch.get_num_threads() == threads + 1  # the real setter, not vLLM's
+    torch.set_num_threads(threads)
+
+    greedy = SamplingSpec(n=1, temperature=0.0, max_new_tokens=6)
+    before = engine.generate([[5, 6, 7, 8]], greedy)[0][0].token_ids
+    with pytest.raises(RuntimeError, match="one in-process vLLM engine per process"):
+        VLLMEngine(ModelConfig(name_or_path=str(tiny_model_dir)), max_model_len=128)
+    second = build_engine("vllm", ModelConfig(name_or_path=str(tiny_model_dir)), max_model_len=128)
+    assert isinstance(second, AsyncVLLMEngine)  # beside it, in a process of its own
+    assert second.generate([[5, 6, 7, 8]], greedy)[0][0].token_ids == before  # the same weights
+    second.close()
+    assert engine.generate([[5, 6, 7, 8]], greedy)[0][0].token_ids == before  # the first one unharmed
+    assert dist.is_initialized()
+
+
+def test_failure_while_generating_retires_the_engine(engine, monkeypatch):
+    """Last in the module: it retires the module's engine. An exception inside vLLM's step leaves
+    requests in the engine: it becomes EngineDied with the cause in one line, then and on every later
+    call; ``close`` (the fixture's) still frees it."""
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from rayalign.engines.base import EngineDied
+
+    with pytest.raises(Exception, match="maximum context length is 512"):  # refused first: engine unharmed
+        engine.generate([list(range(5, 700))], SamplingSpec(max_new_tokens=4))
+    engine.check_health()
+    assert len(engine.generate([[5, 6, 7]], SamplingSpec(max_new_tokens=4))[0][0].token_ids) == 4
+
+    def boom(self):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(LLMEngine, "step", boom)
+    with pytest.raises(EngineDied) as died:
+        engine.generate([[5, 6, 7]], SamplingSpec(max_new_tokens=4))
+    monkeypatch.undo()
+    assert re.fullmatch(r"vLLM engine failed while generating: RuntimeError: kernel exploded "
+                        r"\(/.*/test_vllm_engine\.py:\d+, in boom\)", str(died.value)), str(died.value)
+    with pytest.raises(EngineDied, match="kernel exploded"):
+        engine.check_health()
+    with pytest.raises(EngineDied, match="kernel exploded"):
+        engine.generate([[5, 6, 7]], SamplingSpec(max_new_tokens=4))
