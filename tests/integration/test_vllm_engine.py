@@ -190,7 +190,8 @@ def test_engine_runs_in_this_process_and_leaves_it_as_it_was(engine, tiny_model_
 
     from rayalign.engines.vllm_engine import MULTIPROCESSING
 
-    assert psutil.Process().children(recursive=True) == []
+    # no vLLM process (vLLM names its engine core VLLM::EngineCore); Ray's, from other modules, may be there
+    assert [p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")] == []
     assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert os.environ.get(MULTIPROCESSING) != "0"
     threads = torch.get_num_threads()
