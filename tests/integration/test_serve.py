@@ -158,12 +158,20 @@ def test_concurrent_seeded_long_prompts(server, client, tiny_tokenizer):
     assert chat(client, max_tokens=3).choices[0].message.content is not None
 
 
-def engine_processes() -> list[psutil.Process]:
-    """The vLLM processes under the Serve replica's actor; Ray titles an actor's process
-    ``ray::ServeReplica:<app>:<deployment>``."""
-    [replica] = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"
-                 in " ".join(p.info["cmdline"] or [])]
-    return replica.children(recursive=True)
+def engine_processes(timeout: float = 120) -> list[psutil.Process]:
+    """The live processes under the Serve replica's actor (Ray titles it ``ray::ServeReplica:<app>:<deployment>``),
+    once vLLM's engine core is among them: a replica Serve is replacing has none for a while. The kernel keeps 15
+    characters of a title (``VLLM::EngineCor``), which is what a process that is exiting shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"
+                    in " ".join(p.info["cmdline"] or [])]
+        procs = [c for r in replicas for c in r.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+        if len(replicas) == 1 and any(p.name().startswith("VLLM::EngineCor") for p in procs):
+            return procs
+        assert time.monotonic() < deadline, [(r.pid, [(c.name(), c.status()) for c in r.children(recursive=True)])
+                                             for r in replicas]
+        time.sleep(1)
 
 
 def test_engine_death_gets_503_json_and_the_replica_is_replaced(server, client):

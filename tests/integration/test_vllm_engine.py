@@ -190,8 +190,9 @@ def test_engine_runs_in_this_process_and_leaves_it_as_it_was(engine, tiny_model_
 
     from rayalign.engines.vllm_engine import MULTIPROCESSING
 
-    # no vLLM process (vLLM names its engine core VLLM::EngineCore); Ray's, from other modules, may be there
-    assert [p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")] == []
+    # no vLLM process of ours (vLLM titles its engine core VLLM::EngineCore). Only direct children count: Ray's
+    # processes, under its raylet, may hold other modules' engines, exiting ones among them
+    assert [p.name() for p in psutil.Process().children() if p.name().startswith("VLLM")] == []
     assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert os.environ.get(MULTIPROCESSING) != "0"
     threads = torch.get_num_threads()
