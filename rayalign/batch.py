@@ -65,3 +65,4 @@ class RolloutBatch(_Batch):
     rollout_logps: torch.Tensor    # [N, L-1] log pi_rollout(token) as the engine sampled it; 0 elsewhere
     advantages: torch.Tensor       # [N] one per completion, broadcast over its tokens
     ref_logps: torch.Tensor | None = None  # [N, L-1] log pi_ref(token); None when kl_coef = 0
+    policy_version: int = 0        # the weights that sampled it: the learners' after this many steps

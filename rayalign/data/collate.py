@@ -155,10 +155,12 @@ def collate_sft(rows: Sequence[Tokens], pad_id: int) -> SFTBatch:
 
 
 def collate_rollout(samples: Sequence[tuple[list[int], list[int], list[float]]], advantages: torch.Tensor,
-                    pad_id: int) -> RolloutBatch:
-    """(prompt ids, completion ids, the engine's log-prob of each completion token) -> a RolloutBatch."""
+                    pad_id: int, policy_version: int = 0) -> RolloutBatch:
+    """(prompt ids, completion ids, the engine's log-prob of each completion token) -> a RolloutBatch, sampled
+    by the weights of ``policy_version``."""
     ids, mask, labels = pad_pairs([(p, c) for p, c, _ in samples], pad_id)
     logps = torch.zeros(ids.shape[0], ids.shape[1] - 1)
     for i, (p, c, lp) in enumerate(samples):
         logps[i, len(p) - 1: len(p) - 1 + len(c)] = torch.tensor(lp, dtype=torch.float32)
-    return RolloutBatch(ids, mask, (labels[:, 1:] != IGNORE).long(), logps, advantages.float())
+    return RolloutBatch(ids, mask, (labels[:, 1:] != IGNORE).long(), logps, advantages.float(),
+                        policy_version=policy_version)

@@ -50,7 +50,7 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
     timer = PhaseTimer()
     with timer("generate"):
         groups = roles.generate([row["ids"] for row in rows], sampling(cfg, step))
-    metrics = learn(roles, cfg, rows, groups, step, pad_id, failures, timer)
+    metrics = learn(roles, cfg, rows, groups, step, step, pad_id, failures, timer)
     if metrics["groups_kept"]:
         with timer("sync"):
             metrics.update(roles.sync().seconds)
@@ -67,21 +67,26 @@ def async_step(roles: RLRoles, schedule: OneStepOff, cfg: RecipeConfig, rows: li
     the phases overlap."""
     start, timer = time.perf_counter(), PhaseTimer()
     generated, waited, synced = schedule.take(step, launch_next)
-    metrics = learn(roles, cfg, rows, generated.groups, step, pad_id, failures, timer)
+    metrics = learn(roles, cfg, rows, generated.groups, generated.version, step, pad_id, failures, timer)
     metrics.update(timer.seconds)
     metrics.update({"time_generate_s": generated.seconds, "time_generate_wait_s": waited,
-                    "staleness": float(step - generated.version), "rollout_restarts": float(roles.rollout_restarts)})
+                    "rollout_restarts": float(roles.rollout_restarts)})
     if synced is not None:
         metrics.update({"time_sync_s": sum(synced.seconds.values()), **synced.seconds})
     metrics["step_time_s"] = time.perf_counter() - start
     return metrics
 
 
-def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list[Completion]], step: int,
-          pad_id: int, failures: RewardFailures, timer: PhaseTimer) -> dict[str, float]:
-    """Rewards, advantages, reference and the learners' update on ``groups`` (``rows``' completions)."""
+def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list[Completion]], version: int,
+          step: int, pad_id: int, failures: RewardFailures, timer: PhaseTimer) -> dict[str, float]:
+    """Rewards, advantages, reference and the learners' update on ``groups`` (``rows``' completions, sampled
+    by the weights after step ``version``). The reference scores the batch while the rewards are computed
+    (``time_reference_s`` is the wait left after them); the learners get it with only the kept groups."""
     a, r = cfg.algorithm, cfg.rollout
     samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
+    batch = collate_rollout([(row["ids"], c.token_ids, c.logprobs) for row, g in zip(rows, groups) for c in g],
+                            torch.zeros(len(samples)), pad_id, version)  # advantages once the rewards are in
+    reference = roles.reference_logps(batch)
     with timer("reward"):
         scored = roles.score(samples)
     failed, lines = failures.observe(step + 1, scored)
@@ -95,12 +100,12 @@ def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list
     advantages = ADVANTAGES[a.name](rewards)
     keep = informative_groups(rewards) if a.dynamic_sampling else torch.ones(len(rows), dtype=torch.bool)
     metrics["groups_kept"] = float(keep.sum())
+    batch.advantages = advantages.flatten().float()
+    with timer("reference"):
+        batch.ref_logps = reference()
     if keep.any():
-        kept = [i for i in range(len(rows)) if keep[i]]
-        batch = collate_rollout([(rows[i]["ids"], c.token_ids, c.logprobs) for i in kept for c in groups[i]],
-                                advantages[keep].flatten(), pad_id)
-        with timer("reference"):
-            batch.ref_logps = roles.reference_logps(batch)
+        if not keep.all():
+            batch = batch.select([i for i in range(len(samples)) if keep[i // a.group_size]])
         with timer("learner"):
             metrics.update(roles.train(batch, step))
     return metrics

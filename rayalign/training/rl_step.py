@@ -7,7 +7,9 @@ Every rank of the learner group receives the whole step's :class:`RolloutBatch` 
    ``training.micro_batch_size``. Every rank runs the same number of micro batches (FSDP2 gathers
    parameters in each forward), padding with a zero-weight row where it has fewer samples.
 2. Old log-probs (the PPO ratio's denominator) are the learner's own, before any update, from one
-   no-grad pass. With one mini-batch and one epoch the first forward's detached log-probs are the same
+   no-grad pass, whatever weights sampled the batch: with one-step-off samples (``policy_version`` one step
+   behind) the learner's weights are the proximal policy and ``algorithm.tis_cap`` reweights for the engine's,
+   as in decoupled PPO (AReaL). A batch older than ``algorithm.async_steps`` steps is refused. With one mini-batch and one epoch the first forward's detached log-probs are the same
    numbers, so that pass is skipped (the ratio is then exactly 1 and only the clip metrics are trivial).
    The same numbers give ``mismatch_kl``: KL(rollout engine || learner) on the sampled tokens (k3
    estimator), ~0 when the engine runs the learner's weights in the same precision.
@@ -56,7 +58,7 @@ def _trim(batch: RolloutBatch) -> RolloutBatch:
     cut = {"input_ids": width, "attention_mask": width, "completion_mask": width - 1,
            "rollout_logps": width - 1, "ref_logps": width - 1}
     return RolloutBatch(**{k: (getattr(batch, k)[:, :w] if getattr(batch, k) is not None else None)
-                           for k, w in cut.items()}, advantages=batch.advantages)
+                           for k, w in cut.items()}, advantages=batch.advantages, policy_version=batch.policy_version)
 
 
 def plan(n: int, mini_batch_size: int | None, micro: int, seed: int, step: int, rank: int,
@@ -118,6 +120,10 @@ class PolicyLearner:
         start = time.perf_counter()
         rank, world = sharding.world()
         a = self.algorithm
+        staleness = step - batch.policy_version
+        if not 0 <= staleness <= a.async_steps:
+            raise ValueError(f"step {step + 1}: samples from the weights after step {batch.policy_version}, "
+                             f"{staleness} step(s) stale; algorithm.async_steps allows 0 to {a.async_steps}")
         mini = plan(batch.input_ids.shape[0], a.mini_batch_size, self.micro, self.seed, step, rank, world)
         on_policy = len(mini) == 1 and a.ppo_epochs == 1
         old, stats = (None, {"mismatch_kl": 0.0, "entropy": 0.0, "tokens": 0.0}) if on_policy else \
@@ -134,7 +140,8 @@ class PolicyLearner:
         tokens = max(reduced[2], 1.0)
         out = {"mismatch_kl": reduced[0] / tokens, "entropy": reduced[1] / tokens,
                **{k: v / updates for k, v in zip(keys, reduced[3:])}, "lr": self.scheduler.get_last_lr()[0],
-               "learner_step_s": time.perf_counter() - start, "optimizer_steps": updates}
+               "learner_step_s": time.perf_counter() - start, "optimizer_steps": updates,
+               "staleness": float(staleness)}
         out["grad_norm"] = out["grad_norm"] / world  # every rank reports the same global norm
         return out
 

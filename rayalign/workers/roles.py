@@ -58,11 +58,11 @@ class RLRoles:
         self.restored_state: TrainerState = self._start_learners(restored)
         self.updates = self.restored_state.step  # the learners' optimizer steps (a step's updates count once)
         self.rollouts = rollouts_ready()
-        self.reference = None
+        self.reference, self.reference_names = None, actor_names(self.run, "reference", 1)
         if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
             [self.reference] = spawn(ReferenceWorker, 1, role="reference", num_cpus=cfg.reference.num_cpus,
                                      args=(cfg.model, t.micro_batch_size), timeout_s=START_TIMEOUT_S,
-                                     names=actor_names(self.run, "reference", 1),
+                                     names=self.reference_names,
                                      placed=[self.placement.options("reference", 0)])
         self.judge_cfg = judge
         self.rewards = RewardPool(cfg.reward, judge=judge and Judge(judge, endpoint(judge)), run=self.run,
@@ -147,13 +147,15 @@ class RLRoles:
     def score(self, samples: list[Sample]) -> list[Scored]:
         return self.rewards.score(samples)
 
-    def reference_logps(self, batch: RolloutBatch) -> torch.Tensor | None:
-        """Per-token reference log-probs from the reference actor; None when the learners hold it
-        (``reference.colocate``) or there is no KL term."""
+    def reference_logps(self, batch: RolloutBatch) -> Callable[[], torch.Tensor | None]:
+        """Starts the reference actor's per-token log-probs of ``batch``, which run while the driver does
+        other work (the rewards); the returned call waits for them, within the phase's deadline. They are
+        None when the learners hold the reference (``reference.colocate``) or there is no KL term."""
         if self.reference is None:
-            return None
-        return answers([self.reference.logps.remote(batch)], actor_names(self.run, "reference", 1), role="reference",
-                       phase="reference", timeout_s=self.deadline.reference)[0]
+            return lambda: None
+        ref = self.reference.logps.remote(batch)
+        return lambda: answers([ref], self.reference_names, role="reference", phase="reference",
+                               timeout_s=self.deadline.reference)[0]
 
     def train(self, batch: RolloutBatch, step: int) -> dict[str, float]:
         ref = ray.put(batch)

@@ -41,3 +41,9 @@ def slow_length(prompt, completion, **_):
     """Takes a second per sample: long enough to kill its worker mid-chunk."""
     time.sleep(1.0)
     return float(len(completion))
+
+
+def vowel_share_odd_answers(prompt, completion, answer=None, **_):
+    """``vowel_share`` where the task's answer is odd, else a flat 0: groups of both kinds, so dynamic sampling
+    drops some groups and keeps others."""
+    return vowel_share(prompt, completion) if int(answer) % 2 else 0.0

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from rayalign.checkpoint import checkpoints
 from rayalign.config import LoraConfig
+from rayalign.config_io import with_overrides
 from rayalign.errors import UserError
 from rayalign.metrics import read_metrics
 from rayalign.recipes.grpo import run
@@ -55,6 +56,25 @@ def test_resume_equals_straight_run_on_hf_engine(ray_local, tiny_model_dir, tmp_
         assert mc["loss"] == pytest.approx(ma["loss"], rel=1e-5, abs=1e-7)
 
 
+def test_dynamic_sampling_trains_the_kept_groups_with_their_reference_rows(ray_local, tiny_model_dir, tmp_path):
+    """The reference actor scores the whole batch while the rewards are computed; the groups dynamic sampling
+    keeps reach the learners with their own reference rows: the same KL and loss as a colocated reference, which
+    only ever sees the kept rows."""
+    prompts = prompt_file(tmp_path)
+    runs = {}
+    for name, colocate in (("actor", False), ("colocated", True)):
+        cfg = grpo_recipe(tiny_model_dir, prompts, tmp_path / name, max_steps=2, save_steps=None)
+        cfg = with_overrides(cfg, {"algorithm.dynamic_sampling": True, "reference.colocate": colocate,
+                                   "reward.functions": [{"name": "reward_fns:vowel_share_odd_answers"}]})
+        run(cfg)
+        runs[name] = read_metrics(tmp_path / name)
+    assert any(0 < m["groups_kept"] < 4 for m in runs["actor"]), runs["actor"]
+    for ma, mc in zip(runs["actor"], runs["colocated"]):
+        assert ma["groups_kept"] == mc["groups_kept"] and ma["kl"] == pytest.approx(mc["kl"], rel=1e-5, abs=1e-9)
+        assert ma["loss"] == pytest.approx(mc["loss"], rel=1e-5, abs=1e-7)
+    assert runs["actor"][1]["kl"] > 1e-6  # after an update: rows paired with the wrong reference would differ
+
+
 def test_lora_learner_syncs_merged_weights(ray_local, tiny_model_dir, tmp_path):
     cfg = grpo_recipe(tiny_model_dir, prompt_file(tmp_path), tmp_path / "out", learners=1, kl_coef=0, max_steps=2)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": LoraConfig(r=4, alpha=8)})})
@@ -77,7 +97,6 @@ def test_resource_shortfall_names_the_roles(ray_local, tiny_model_dir, tmp_path)
 
 def test_a_reward_that_always_fails_stops_the_run_with_its_error(ray_local, tiny_model_dir, tmp_path):
     """Issue 20: a reward function with the wrong signature trained on nothing with exit 0."""
-    from rayalign.config_io import with_overrides
     from rayalign.errors import RunError
     from rayalign.recipes.grpo import run
 

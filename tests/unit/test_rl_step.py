@@ -100,6 +100,7 @@ def test_a_nan_reward_stops_the_step_before_the_update(tiny_model_dir, batch):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = copy.deepcopy(model.state_dict())
     batch.advantages[1] = float("nan")
+    batch.policy_version = 6  # sampled by this step's weights
     with pytest.raises(NonFiniteError, match=r"^step 7: grad_norm is nan; stopped before the optimizer update"):
         _learner(model, AlgorithmConfig(name="grpo", kl_coef=0)).train_step(batch, step=6)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -120,3 +121,20 @@ def test_tis_weights_the_loss_by_learner_over_engine_probability(tiny_model_dir,
     capped = AlgorithmConfig(name="grpo", loss_agg="token-mean", kl_coef=0, tis_cap=1.05)
     m = _learner(copy.deepcopy(model), capped).train_step(batch, step=0)
     assert m["loss"] == pytest.approx(1.05 * on_policy, abs=1e-5) and m["tis_capped_fraction"] == 1.0
+
+
+def test_staleness_is_reported_and_samples_older_than_async_steps_are_refused(tiny_model_dir, batch):
+    """The learner reads the batch's ``policy_version`` (the weights that sampled it): one-step-off samples
+    are one step stale and train; a batch older than ``algorithm.async_steps`` allows, or from weights the
+    learner has not reached, is refused before any update."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = copy.deepcopy(model.state_dict())
+    batch.policy_version = 3
+    with pytest.raises(ValueError, match=r"^step 5: samples from the weights after step 3, 1 step\(s\) stale; "
+                                         r"algorithm.async_steps allows 0 to 0$"):
+        _learner(model, AlgorithmConfig(name="grpo", kl_coef=0)).train_step(batch, step=4)
+    with pytest.raises(ValueError, match=r"-1 step\(s\) stale"):
+        _learner(model, AlgorithmConfig(name="grpo", kl_coef=0, async_steps=1)).train_step(batch, step=2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    m = _learner(model, AlgorithmConfig(name="grpo", kl_coef=0, async_steps=1, tis_cap=2.0)).train_step(batch, step=4)
+    assert m["staleness"] == 1.0 and m["optimizer_steps"] == 1
