@@ -190,9 +190,11 @@ def test_engine_runs_in_this_process_and_leaves_it_as_it_was(engine, tiny_model_
 
     from rayalign.engines.vllm_engine import MULTIPROCESSING
 
-    # no vLLM process of ours (vLLM titles its engine core VLLM::EngineCore). Only direct children count: Ray's
-    # processes, under its raylet, may hold other modules' engines, exiting ones among them
-    assert [p.name() for p in psutil.Process().children() if p.name().startswith("VLLM")] == []
+    # no vLLM process of ours (vLLM titles its engine core VLLM::EngineCore). Only live direct children count:
+    # Ray's processes, under its raylet, may hold other modules' engines, and an earlier module's closed serving
+    # engine may have left its exited core unreaped (a zombie, shown by its 15-character kernel name)
+    assert [p.name() for p in psutil.Process().children()
+            if p.name().startswith("VLLM") and p.status() != psutil.STATUS_ZOMBIE] == []
     assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert os.environ.get(MULTIPROCESSING) != "0"
     threads = torch.get_num_threads()
