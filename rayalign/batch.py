@@ -43,6 +43,14 @@ class PreferenceBatch(_Batch):
 
 
 @dataclass
+class RewardBatch(_Batch):
+    """Preference pairs for a reward model: rows [0, B) are prompt + chosen, rows [B, 2B) prompt + rejected."""
+    input_ids: torch.Tensor       # [2B, L] right-padded
+    attention_mask: torch.Tensor  # [2B, L]
+    margin: torch.Tensor          # [B] how far chosen must score above rejected (0 without a ``margin`` field)
+
+
+@dataclass
 class KTOBatch(_Batch):
     """Rows [0, B) are (prompt, completion) pairs; rows [B, 2B) the mismatched KL pairs."""
     input_ids: torch.Tensor       # [2B, L]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
-Trainer = Literal["sft", "pretrain", "dpo", "kto", "grpo"]
+Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo"]
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
 
@@ -130,6 +130,9 @@ class PreferenceConfig(Section):
     reference: Literal["precompute", "online"] = Field(
         "precompute", description="reference log-probs: one pass before training, or per batch"
     )
+    center_rewards_coefficient: float | None = Field(
+        None, gt=0, description="reward_model: weight of the mean (r_chosen + r_rejected)^2 term that keeps scores "
+        "centred on 0 (Eisenstein et al. 2023; TRL's RewardTrainer option of the same name); null = off")
 
 
 # Each algorithm's published hyperparameters: the one table an unset ``algorithm`` field resolves from
@@ -446,12 +449,12 @@ class ClusterConfig(Section):
 
 
 class RecipeConfig(Section):
-    trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | grpo")
+    trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | reward_model | grpo")
     model: ModelConfig = Field(..., description="the policy model")
     data: DataConfig | None = Field(None, description="datasets; required by train and evaluate")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers")
-    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="DPO family")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="DPO family, reward models")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="RL algorithm")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="RL generation")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="RL rewards")
@@ -463,7 +466,7 @@ class RecipeConfig(Section):
 
 
 TRAINER_DATA_FORMAT: dict[str, str] = {
-    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "grpo": "prompt",
+    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference", "grpo": "prompt",
 }
 
 

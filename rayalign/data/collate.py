@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rayalign.batch import KTOBatch, PreferenceBatch, RolloutBatch, SFTBatch
+from rayalign.batch import KTOBatch, PreferenceBatch, RewardBatch, RolloutBatch, SFTBatch
 from rayalign.data.tokenize import IGNORE, _render, char_budget, clip_messages
 from rayalign.errors import DataError
 
@@ -129,6 +129,12 @@ def _ref(rows: Sequence[Tokens], key: str) -> torch.Tensor:
 def collate_preference(rows: Sequence[Tokens], pad_id: int) -> PreferenceBatch:
     ids, mask, labels = pad_pairs([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
     return PreferenceBatch(ids, mask, labels, torch.cat([_ref(rows, "ref_chosen"), _ref(rows, "ref_rejected")]))
+
+
+def collate_reward(rows: Sequence[Tokens], pad_id: int) -> RewardBatch:
+    """Preference rows for a reward model: whole sequences (prompt + answer), chosen then rejected."""
+    ids, mask, _ = pad_pairs([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
+    return RewardBatch(ids, mask, torch.tensor([float(r.get("margin", 0.0)) for r in rows]))
 
 
 def collate_kto(rows: Sequence[Tokens], pad_id: int) -> KTOBatch:

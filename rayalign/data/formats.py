@@ -71,6 +71,9 @@ def check_preference(row: dict) -> Problems:
         problems += _text_or_messages(row[key], key, roles=("assistant",))
     if not problems and isinstance(row["chosen"], list) != isinstance(row["rejected"], list):
         problems.append(("rejected", "must have the same form as 'chosen' (both strings or both messages)"))
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        problems.append(("margin", "must be a number (how far the reward model must score chosen above rejected)"))
     return problems
 
 

@@ -1,4 +1,7 @@
-"""Loading any HF causal LM and its tokenizer from a ``ModelConfig``; optional LoRA via peft.
+"""Loading any HF causal LM and its tokenizer from a ``ModelConfig``; optional LoRA via peft. A reward model
+(``head="score"``) is the same network with a one-label score head instead of the LM head
+(``AutoModelForSequenceClassification``), loadable from a causal LM (the head then starts fresh) or a saved
+reward model.
 
 A load that fails says so in one line naming the config key: the damaged file when a local directory
 has one (``models.checks``), else transformers' own first line. A tokenizer bigger than the model's
@@ -10,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from rayalign.config import ModelConfig
 from rayalign.config_io import recipes_writing
@@ -18,6 +22,12 @@ from rayalign.errors import UserError
 from rayalign.models.checks import check_lora_targets, check_vocab, damaged_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+HEADS = {"lm": AutoModelForCausalLM, "score": AutoModelForSequenceClassification}
+
+
+def head_of(trainer: str) -> str:
+    """The output head a trainer trains: a score for reward models, the LM head for the rest."""
+    return "score" if trainer == "reward_model" else "lm"
 
 
 def _load_error(what: str, name: str, exc: Exception, key: str = "model.name_or_path") -> UserError:
@@ -60,15 +70,17 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(cfg: ModelConfig, *, apply_lora: bool = True) -> PreTrainedModel:
-    """The model with ``cfg.dtype``; wrapped in a peft LoRA model when ``cfg.lora`` is set."""
+def load_model(cfg: ModelConfig, *, apply_lora: bool = True, head: str = "lm") -> PreTrainedModel:
+    """The model with ``cfg.dtype`` and ``head`` (``HEADS``); wrapped in a peft LoRA model when ``cfg.lora`` is
+    set. A score head reads each sequence's last token that is not the tokenizer's padding token."""
     from safetensors import SafetensorError
 
     check_local(cfg.name_or_path)
+    extra = {"num_labels": 1} if head == "score" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = HEADS[head].from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=DTYPES[cfg.dtype],
-            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation, **extra,
         )
     except ImportError as exc:  # the package behind a flash attention backend is not installed
         if not (cfg.attn_implementation or "").startswith("flash"):
@@ -77,27 +89,29 @@ def load_model(cfg: ModelConfig, *, apply_lora: bool = True) -> PreTrainedModel:
                         f"({str(exc).strip().splitlines()[0]}); use sdpa or eager") from None
     except (OSError, ValueError, SafetensorError) as exc:
         raise _load_error("model", cfg.name_or_path, exc) from None
+    if head == "score" and model.config.pad_token_id is None:  # the head finds each sequence's end by it
+        model.config.pad_token_id = load_tokenizer(cfg).pad_token_id
     if cfg.lora is not None and apply_lora:
         from peft import LoraConfig, get_peft_model
 
         check_lora_targets(model, cfg.lora.target_modules)
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+            target_modules=cfg.lora.target_modules, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",
         ))
     return model
 
 
-def load_trainable(cfg: ModelConfig, saved: str | None = None) -> PreTrainedModel:
+def load_trainable(cfg: ModelConfig, saved: str | None = None, head: str = "lm") -> PreTrainedModel:
     """The model to train: from ``cfg``, or the weights saved in a checkpoint's model dir ``saved``.
 
     Full fine-tuning reloads ``saved`` as the model; LoRA loads the base from ``cfg`` and the saved
     adapter on top of it (trainable).
     """
     if saved is None:
-        return load_model(cfg)
+        return load_model(cfg, head=head)
     if cfg.lora is None:
-        return load_model(cfg.model_copy(update={"name_or_path": saved}))
+        return load_model(cfg.model_copy(update={"name_or_path": saved}), head=head)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_model(cfg, apply_lora=False), saved, is_trainable=True)
+    return PeftModel.from_pretrained(load_model(cfg, apply_lora=False, head=head), saved, is_trainable=True)

@@ -1,5 +1,6 @@
 """The DPO family on Ray Train: DPO (sigmoid), cDPO / robust (label noise), IPO, hinge (SLiC),
-SimPO and ORPO (reference-free), and KTO (unpaired rows, ``trainer: kto``).
+SimPO and ORPO (reference-free), and KTO (unpaired rows, ``trainer: kto``). Reward models
+(``trainer: reward_model``) take the same preference rows, tokenised here too, with an optional ``margin``.
 
     rayalign train -c configs/recipes/tiny/dpo.yaml
     rayalign train -c configs/recipes/tiny/kto.yaml
@@ -43,6 +44,8 @@ def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str,
             ex = tokenize_kto(tokenizer, row, partner, split.max_length)
         else:
             ex = tokenize_preference(tokenizer, row, split.max_length)
+            if trainer == "reward_model" and row.get("margin") is not None:
+                ex["margin"] = float(row["margin"])
         over.add(i, TRUNCATED if ex.pop("truncated") else None)
         out.append(ex)
     return out, over.notes(partial(row_location, rows))

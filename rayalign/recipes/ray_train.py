@@ -1,4 +1,4 @@
-"""The driver of every Ray Train trainer (SFT, pretraining, DPO family): one function, ``run``.
+"""The driver of every Ray Train trainer (SFT, pretraining, DPO family, reward models): one function, ``run``.
 
 1. on the driver: validate the data and the model's files, claim ``OUTPUT_DIR`` (``recipes/output_dir.py``),
    tokenise (``recipes/sft.py`` or ``recipes/dpo.py``), start or join Ray and check its resources, then
@@ -43,7 +43,8 @@ from rayalign.training.loop import LoopSpec
 from rayalign.workers.train_worker import train_loop_per_worker
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it reported
-PREPARE = {"sft": sft.prepare, "pretrain": sft.prepare, "dpo": dpo.prepare, "kto": dpo.prepare}
+PREPARE = {"sft": sft.prepare, "pretrain": sft.prepare, "dpo": dpo.prepare, "kto": dpo.prepare,
+           "reward_model": dpo.prepare}
 
 
 def _max_steps(cfg: RecipeConfig, rows: int) -> int:

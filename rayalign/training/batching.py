@@ -13,10 +13,11 @@ from functools import lru_cache
 
 import torch
 
-from rayalign.data.collate import collate_kto, collate_preference, collate_sft
+from rayalign.data.collate import collate_kto, collate_preference, collate_reward, collate_sft
 from rayalign.training.sharding import all_reduce_sum
 
-COLLATE = {"sft": collate_sft, "pretrain": collate_sft, "dpo": collate_preference, "kto": collate_kto}
+COLLATE = {"sft": collate_sft, "pretrain": collate_sft, "dpo": collate_preference, "kto": collate_kto,
+           "reward_model": collate_reward}
 
 
 class DataOrder:

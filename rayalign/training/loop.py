@@ -1,4 +1,4 @@
-"""The training loop every Ray Train worker runs for SFT, pretraining and the DPO family.
+"""The training loop every Ray Train worker runs for SFT, pretraining, the DPO family and reward models.
 
 Pure torch + torch.distributed: Ray reaches in only through :class:`Hooks` (restore a checkpoint,
 report metrics + a checkpoint, draw a progress bar), so the loop reads as plain data-parallel training:
@@ -30,7 +30,7 @@ from rayalign.checkpoint import (MODEL, TrainerState, load_training_state, save_
                                  write_manifest)
 from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
-from rayalign.models.loading import load_model, load_tokenizer, load_trainable
+from rayalign.models.loading import head_of, load_model, load_tokenizer, load_trainable
 from rayalign.training import guards, precision, sharding
 from rayalign.training.batching import DataOrder, evaluate, step_micro_batches
 from rayalign.training.objectives import Objective, make_objective
@@ -72,10 +72,10 @@ def _device(use_gpu: bool) -> torch.device:
 
 
 def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, max_steps: int,
-                    restored: str | None, device: torch.device):
+                    restored: str | None, device: torch.device, head: str = "lm"):
     """(wrapped model, AdamW, lr scheduler, TrainerState), restored from a checkpoint dir when given."""
-    torch.manual_seed(t.seed)  # LoRA init must match on every rank
-    model = load_trainable(model_cfg, str(Path(restored) / MODEL) if restored else None)
+    torch.manual_seed(t.seed)  # LoRA and a fresh score head must start the same on every rank
+    model = load_trainable(model_cfg, str(Path(restored) / MODEL) if restored else None, head)
     model.train()
     model = sharding.wrap(precision.apply(model, t.mixed_precision, device), strategy, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
@@ -124,7 +124,7 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     device = _device(spec.use_gpu)
     t = spec.training
     model, optimizer, scheduler, state = build_trainable(spec.model, t, spec.strategy, spec.max_steps,
-                                                         hooks.restored, device)
+                                                         hooks.restored, device, head_of(spec.trainer))
     tokenizer = load_tokenizer(spec.model)
     objective = make_objective(spec.trainer, spec.preference, _reference(spec, device), device)
     order = DataOrder(len(spec.train_rows), t.micro_batch_size * t.gradient_accumulation_steps * world,
@@ -199,7 +199,7 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
 
 
 def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state: TrainerState, tokenizer,
-                     rank: int, run: dict, extra: dict[str, str] | None = None) -> Path | None:
+                     rank: int, run: dict, extra: dict[str, str] | None = None, head: str = "lm") -> Path | None:
     """Gather the full model and optimizer (collectives: every rank calls this) and write a checkpoint
     into a fresh temporary directory on rank 0, with the ``extra`` files (name -> text), sealed with its
     manifest last; returns it there (the caller moves or removes it)."""
@@ -209,7 +209,7 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
         return None
     guards.check_weights(state.step, model_state)
     tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
-    merge_from = (lambda: load_model(model_cfg, apply_lora=False)) if (
+    merge_from = (lambda: load_model(model_cfg, apply_lora=False, head=head)) if (
         model_cfg.lora and model_cfg.lora.save_merged) else None
     save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
     save_training_state(tmp, optim_state, scheduler, state)
@@ -220,7 +220,8 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
 
 
 def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
-    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run)
+    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run,
+                           head=head_of(spec.trainer))
     hooks.report(_reported(state, metrics), tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,7 @@
 """What each trainer minimises, given the model and one typed micro batch.
 
 Each objective returns ``(loss_sum, metrics)``: a loss *summed* over its units (label tokens for SFT,
-pairs for DPO, rows for KTO) and ``units(batch)`` counts them. The loop divides by the step's global
+pairs for DPO and reward models, rows for KTO) and ``units(batch)`` counts them. The loop divides by the step's global
 unit count, so gradient accumulation and worker count do not change the update (micro batch 1 x
 accumulation 4 equals micro batch 4 x accumulation 1).
 """
@@ -13,7 +13,8 @@ from typing import Callable, Protocol
 import torch
 
 from rayalign.algorithms import preference as P
-from rayalign.batch import KTOBatch, PreferenceBatch, SFTBatch
+from rayalign.algorithms.reward_model import bradley_terry_loss
+from rayalign.batch import KTOBatch, PreferenceBatch, RewardBatch, SFTBatch
 from rayalign.config import PreferenceConfig
 from rayalign.models.logprobs import IGNORE, sequence_logps, token_logps
 
@@ -103,10 +104,29 @@ class KTOObjective:
         return loss * b, metrics
 
 
+class RewardModelObjective:
+    """Bradley-Terry on preference pairs, for a model with a one-label score head
+    (``AutoModelForSequenceClassification``), which scores each sequence at its last non-padding token."""
+
+    def __init__(self, cfg: PreferenceConfig):
+        self.cfg = cfg
+
+    def units(self, batch: RewardBatch) -> float:
+        return float(batch.margin.shape[0])
+
+    def loss(self, model, batch: RewardBatch) -> tuple[torch.Tensor, Metrics]:
+        scores = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        chosen, rejected = scores.squeeze(-1).float().chunk(2)
+        loss, metrics = bradley_terry_loss(chosen, rejected, batch.margin, self.cfg.center_rewards_coefficient)
+        return loss * chosen.shape[0], metrics
+
+
 def make_objective(trainer: str, cfg: PreferenceConfig, reference: RefFn | None, device) -> Objective:
     """The objective of ``trainer``; KTO's reference point is averaged over data-parallel workers."""
     if trainer in ("sft", "pretrain"):
         return SFTObjective()
+    if trainer == "reward_model":
+        return RewardModelObjective(cfg)
     if trainer == "kto" or cfg.loss_type == "kto":
         from rayalign.training.sharding import world
 

@@ -305,3 +305,44 @@ def test_kto_matches_trl(make_trainer, kto, policy, reference):
     assert metrics["kl"] > 0.01  # the reference point z is exercised, not clamped away
     assert ours == pytest.approx(theirs, abs=TOL)
     assert abs(ours - 0.5 * (dw + uw) / 2) > 1e-3  # away from the value at the reference
+
+
+@pytest.mark.parametrize("margins, center", [(False, None), (True, 0.01)])
+def test_reward_model_loss_matches_trl(margins, center, tmp_path_factory, tiny_model_dir, tiny_tokenizer, pref_rows):
+    """Bradley-Terry (with TRL's per-row ``margin`` and ``center_rewards_coefficient``) on a one-label score head:
+    rayalign's objective and ``trl.RewardTrainer.compute_loss`` on the same ids through TRL's collator."""
+    from trl import RewardConfig, RewardTrainer
+
+    from rayalign.config import ModelConfig
+    from rayalign.data.collate import collate_reward
+    from rayalign.models.loading import load_model
+    from rayalign.training.objectives import RewardModelObjective
+
+    torch.manual_seed(2)
+    model = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), head="score").eval()
+    with torch.no_grad():  # a fresh head scores everything ~0 (std 0.02): spread the scores
+        model.score.weight.normal_(0.0, 1.0)
+    toks = [tokenize_preference(tiny_tokenizer, r, MAX_LEN) for r in pref_rows]
+    if margins:
+        for i, t in enumerate(toks):
+            t["margin"] = 0.5 * i
+    batch = collate_reward(toks, tiny_tokenizer.pad_token_id)
+    objective = RewardModelObjective(PreferenceConfig(center_rewards_coefficient=center))
+    with torch.no_grad():
+        loss_sum, metrics = objective.loss(model, batch)
+    ours = loss_sum.item() / N
+
+    trainer = RewardTrainer(model=copy.deepcopy(model), processing_class=tiny_tokenizer,
+                            args=_args(RewardConfig, tmp_path_factory, center_rewards_coefficient=center),
+                            train_dataset=Dataset.from_list(pref_rows))
+    inputs = trainer.data_collator([{"chosen_ids": sum(t["chosen"], []), "rejected_ids": sum(t["rejected"], []),
+                                     **({"margin": t["margin"]} if margins else {})} for t in toks])
+    assert torch.equal(inputs["input_ids"], batch.input_ids)
+    assert torch.equal(inputs["attention_mask"], batch.attention_mask)
+    trainer.model.eval()
+    with torch.no_grad():
+        theirs = trainer.compute_loss(trainer.model, inputs).item()
+    _report(f"reward_model margins={margins} center={center}", ours, theirs)
+    assert ours == pytest.approx(theirs, abs=TOL)
+    assert 0 < metrics["accuracy"] < 1 and abs(metrics["rewards/margins"]) > 0.01  # the scores are not all alike
+    assert trainer._metrics["eval"]["accuracy"][-1] == pytest.approx(metrics["accuracy"])

@@ -7,7 +7,7 @@ from rayalign.config import RecipeConfig
 
 
 def recipe(model_dir, trainer, train_file, out, *, eval_file=None, fmt=None, **training) -> dict:
-    fmt = fmt or {"sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto"}[trainer]
+    fmt = fmt or {"sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference"}[trainer]
     data = {"train": {"format": fmt, "datasets": [{"path": train_file}], "max_length": 96}}
     if eval_file:
         data["eval"] = {"format": fmt, "datasets": [{"path": eval_file}], "max_length": 96, "shuffle": False}
