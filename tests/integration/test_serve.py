@@ -158,6 +158,13 @@ def test_concurrent_seeded_long_prompts(server, client, tiny_tokenizer):
     assert chat(client, max_tokens=3).choices[0].message.content is not None
 
 
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # gone between the listing and the look
+        return False
+
+
 def engine_processes(timeout: float = 120) -> list[psutil.Process]:
     """The live processes under the Serve replica's actor (Ray titles it ``ray::ServeReplica:<app>:<deployment>``),
     once vLLM's engine core is among them: a replica Serve is replacing has none for a while. The kernel keeps 15
@@ -166,7 +173,7 @@ def engine_processes(timeout: float = 120) -> list[psutil.Process]:
     while True:
         replicas = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"
                     in " ".join(p.info["cmdline"] or [])]
-        procs = [c for r in replicas for c in r.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+        procs = [c for r in replicas for c in r.children(recursive=True) if _live(c)]
         if len(replicas) == 1 and any(p.name().startswith("VLLM::EngineCor") for p in procs):
             return procs
         assert time.monotonic() < deadline, [(r.pid, [(c.name(), c.status()) for c in r.children(recursive=True)])
