@@ -466,7 +466,8 @@ class RecipeConfig(Section):
 
 
 TRAINER_DATA_FORMAT: dict[str, str] = {
-    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference", "grpo": "prompt",
+    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference",
+    "grpo": "prompt",
 }
 
 

@@ -1,8 +1,8 @@
 """What each trainer minimises, given the model and one typed micro batch.
 
 Each objective returns ``(loss_sum, metrics)``: a loss *summed* over its units (label tokens for SFT,
-pairs for DPO and reward models, rows for KTO) and ``units(batch)`` counts them. The loop divides by the step's global
-unit count, so gradient accumulation and worker count do not change the update (micro batch 1 x
+pairs for DPO and reward models, rows for KTO) and ``units(batch)`` counts them. The loop divides by the
+step's global unit count, so gradient accumulation and worker count do not change the update (micro batch 1 x
 accumulation 4 equals micro batch 4 x accumulation 1).
 """
 

@@ -9,8 +9,9 @@ Every rank of the learner group receives the whole step's :class:`RolloutBatch` 
 2. Old log-probs (the PPO ratio's denominator) are the learner's own, before any update, from one
    no-grad pass, whatever weights sampled the batch: with one-step-off samples (``policy_version`` one step
    behind) the learner's weights are the proximal policy and ``algorithm.tis_cap`` reweights for the engine's,
-   as in decoupled PPO (AReaL). A batch older than ``algorithm.async_steps`` steps is refused. With one mini-batch and one epoch the first forward's detached log-probs are the same
-   numbers, so that pass is skipped (the ratio is then exactly 1 and only the clip metrics are trivial).
+   as in decoupled PPO (AReaL). A batch older than ``algorithm.async_steps`` steps is refused. With one
+   mini-batch and one epoch the first forward's detached log-probs are the same numbers, so that pass is
+   skipped (the ratio is then exactly 1 and only the clip metrics are trivial).
    The same numbers give ``mismatch_kl``: KL(rollout engine || learner) on the sampled tokens (k3
    estimator), ~0 when the engine runs the learner's weights in the same precision.
 3. Loss: the algorithm's loss of each micro batch x (its units / the mini-batch's global units) x world
