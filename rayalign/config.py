@@ -285,8 +285,29 @@ class RewardFnConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
 
 
+class RewardModelConfig(Section):
+    """A learned reward: a one-label sequence classifier (``trainer: reward_model``'s output) scoring each
+    prompt + completion, on actors of its own (``workers/reward_model.py``)."""
+    path: str = Field(..., min_length=1, description="HF directory or hub name of a one-label "
+                      "AutoModelForSequenceClassification (its tokenizer beside it)")
+    name: str | None = Field(None, description="term name in the metrics (reward/<name>); default reward_model, "
+                             "reward_model_<i> when there are several")
+    weight: float = Field(1.0, description="weight in the summed reward")
+    normalize: bool = Field(False, description="standardise scores by the running mean and std of every score "
+                            "this run has seen (this step's included); kept in checkpoints for exact resume")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="parameter dtype")
+    max_length: int = Field(1024, gt=0, description="prompt + completion tokens scored (the prompt's end and the "
+                            "completion's start are kept)")
+    batch_size: int = Field(16, gt=0, description="sequences per forward pass")
+    num_workers: int = Field(1, gt=0, description="actors holding this model; a step's samples split among them")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per actor")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor (0: CPU)")
+    torch_threads: int = Field(1, gt=0, description="torch threads per actor on CPU")
+
+
 class RewardConfig(Section):
     functions: list[RewardFnConfig] = Field(default_factory=list, description="weighted reward terms")
+    models: list[RewardModelConfig] = Field(default_factory=list, description="reward models as weighted terms")
     num_workers: int = Field(1, gt=0, description="reward actors")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs per reward actor")
     timeout_s: float = Field(10.0, gt=0, description="per-call timeout; late calls count as failed")
@@ -435,6 +456,7 @@ class CallTimeouts(Section):
     """Seconds the RL driver waits for one call on a role before it stops the run naming the role."""
     generate: float = Field(1800, gt=0, description="rollout workers: one chunk of a step's generation")
     reference: float = Field(900, gt=0, description="reference actor: one step's log-probs")
+    reward: float = Field(900, gt=0, description="reward-model actors: one step's scores")
     train: float = Field(1800, gt=0, description="learners: one optimizer step (all its micro batches)")
     sync: float = Field(900, gt=0, description="learners to rollout workers: one weight sync")
     save: float = Field(1800, gt=0, description="learners: writing one checkpoint")
@@ -498,8 +520,13 @@ def cross_field_errors(cfg: BaseModel) -> list[tuple[tuple[str | int, ...], str]
 def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
     errors: list[tuple[tuple[str | int, ...], str]] = []
     a = cfg.algorithm
-    if not cfg.reward.functions and cfg.reward.judge is None:
-        errors.append((("reward", "functions"), "online RL needs at least one reward function or a reward.judge"))
+    if not cfg.reward.functions and not cfg.reward.models and cfg.reward.judge is None:
+        errors.append((("reward", "functions"),
+                       "online RL needs at least one reward function, reward model or reward.judge"))
+    names = [m.name for m in cfg.reward.models] + [f.name for f in cfg.reward.functions]
+    for i, model in enumerate(cfg.reward.models):
+        if model.name is not None and names.count(model.name) > 1:
+            errors.append((("reward", "models", i, "name"), f"'{model.name}' names two reward terms"))
     if a.name == "rloo" and a.group_size < 2:
         errors.append((("algorithm", "group_size"), "rloo needs group_size >= 2 (leave-one-out baseline)"))
     errors += [(("algorithm", key), message) for key, message in a.setting_errors()]

@@ -80,6 +80,12 @@ def tokenize_preference(tokenizer: PreTrainedTokenizerBase, row: dict, max_lengt
     return out
 
 
+def tokenize_scored(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, max_length: int) -> list[int]:
+    """One prompt + completion as a reward model saw its training pairs (``tokenize_preference``'s sides)."""
+    prompt_ids, completion_ids = _fit(*_pair(tokenizer, prompt, completion, max_length), max_length)
+    return prompt_ids + completion_ids
+
+
 def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: Any, max_length: int) -> Tokens:
     """One KTO row plus its KL pair: the same prompt with another row's completion (``truncated``: the
     row's own pair was longer than ``max_length``)."""

@@ -101,3 +101,19 @@ def check_model(cfg: ModelConfig) -> None:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(model_config(cfg), trust_remote_code=cfg.trust_remote_code)
         check_lora_targets(skeleton, cfg.lora.target_modules)
+
+
+def check_score_model(path: str, where: str) -> None:
+    """A model to score with (a reward model): a one-label sequence classifier, else one line naming ``where``
+    (a causal LM would load with a fresh random head and score noise, silently)."""
+    from rayalign.models.loading import check_local
+
+    try:
+        check_local(path)
+        config = model_config(ModelConfig(name_or_path=path))
+    except UserError as exc:
+        raise UserError(str(exc).replace("model.name_or_path", where, 1)) from None
+    kinds = config.architectures or []
+    if not any(kind.endswith("ForSequenceClassification") for kind in kinds) or config.num_labels != 1:
+        raise UserError(f"{where}: '{path}' is not a one-label sequence classifier (architectures {kinds}, "
+                        f"num_labels {config.num_labels}); train one with trainer: reward_model")

@@ -45,7 +45,11 @@ def check_step_fits(cfg: RecipeConfig, rows: int) -> None:
 
 
 def local_paths(cfg: RecipeConfig) -> RecipeConfig:
-    """Make local model paths absolute: Ray workers run in their own working directory."""
+    """Make local model paths (the policy's, the reward models') absolute: Ray workers run in their own
+    working directory."""
     update = {key: str(Path(value).resolve()) for key in ("name_or_path", "tokenizer")
               if (value := getattr(cfg.model, key)) and Path(value).exists()}
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)}) if update else cfg
+    models = [m.model_copy(update={"path": str(Path(m.path).resolve())}) if Path(m.path).exists() else m
+              for m in cfg.reward.models]
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update),
+                                  "reward": cfg.reward.model_copy(update={"models": models})})

@@ -6,8 +6,9 @@ One step, as in DeepSeekMath's GRPO (Shao et al. 2024, Alg. 1):
 
     prompts    = the next algorithm.prompts_per_step rows (a seeded order: the step count is the data position)
     samples    = group_size completions per prompt from the rollout engines, with their tokens' log-probs
-    rewards    = the weighted reward functions, on the reward workers, plus an LLM judge's verdict when
-                 reward.judge names one (a local judge runs as its own Ray Serve app)
+    rewards    = the weighted reward functions, on the reward workers, plus the reward models' scores
+                 (reward.models, on their own actors) and an LLM judge's verdict when reward.judge names
+                 one (a local judge runs as its own Ray Serve app)
     advantages = per group (algorithm.name picks grpo | dr_grpo | rloo | reinforce_pp; dapo, gspo use grpo's)
     ref        = log pi_ref of every sampled token (only when kl_coef > 0)
     learn      = ppo_epochs x mini-batches of the algorithm's loss on the FSDP2 learner group
@@ -46,7 +47,7 @@ from rayalign.data.tokenize import Overlong
 from rayalign.errors import RunError, UserError
 from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, RoleGauges
-from rayalign.models.checks import check_model
+from rayalign.models.checks import check_model, check_score_model
 from rayalign.models.loading import load_tokenizer
 from rayalign.recipes.common import check_step_fits, local_paths
 from rayalign.recipes.interrupt import GracefulStop
@@ -96,6 +97,8 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
     cfg = local_paths(cfg)
     t, a = cfg.training, cfg.algorithm
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
+    for i, model in enumerate(cfg.reward.models):
+        check_score_model(model.path, f"reward.models[{i}].path")
     judge = reward_judge(cfg)
     tokenizer = load_tokenizer(cfg.model)
     check_model(cfg.model)  # damaged files, LoRA targets: before any actor loads it

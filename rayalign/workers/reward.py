@@ -1,5 +1,6 @@
-"""Reward workers: a pool of Ray actors scoring completions with the configured reward functions, and
-the LLM judge's term (``reward.judge``), asked from here in one concurrent batch per step.
+"""Reward workers: a pool of Ray actors scoring completions with the configured reward functions, the
+reward models' terms (``reward.models``, their own actors: ``workers/reward_model.py``, scoring meanwhile)
+and the LLM judge's term (``reward.judge``), asked from here in one concurrent batch per step.
 
 Every call of a reward function runs under ``reward.timeout_s``: a function that raises, hangs, kills
 its process or returns NaN/inf is reported with its name and the sample, its samples count as failed
@@ -25,6 +26,7 @@ from rayalign.judge.judge import Judge, JudgeItem
 from rayalign.judge.parsers import unit_value
 from rayalign.rewards.registry import WeightedReward
 from rayalign.workers.group import actor_names, spawn
+from rayalign.workers.reward_model import RewardModels
 
 
 @dataclass
@@ -92,12 +94,15 @@ class RewardWorker:
 
 class RewardPool:
     """``reward.num_workers`` actors at ``reward.num_cpus`` each; ``score`` splits samples across them
-    (no actors when there are no reward functions), then adds the judge's term when there is a judge."""
+    (no actors when there are no reward functions), adds the reward models' terms (``models``, which score
+    meanwhile), then the judge's term when there is a judge."""
 
     def __init__(self, cfg: RewardConfig, judge: Judge | None = None, start_timeout_s: float = 60.0,
-                 run: str | None = None, placed: Callable[[int], dict] = lambda i: {}):
+                 run: str | None = None, placed: Callable[[int], dict] = lambda i: {},
+                 models: RewardModels | None = None):
         WeightedReward(cfg.functions)  # unknown names / imports fail here, as one line, before any actor
         self.cfg, self.judge, self.start_timeout, self.run, self.placed = cfg, judge, start_timeout_s, run, placed
+        self.models = models
         self.restarts = 0
         # 'module:fn' rewards import in the actors as they do here: same Python path (on a cluster, ship
         # the module with the job's runtime_env working_dir / py_modules)
@@ -116,7 +121,13 @@ class RewardPool:
         self.actors[index] = self._spawn(index)
 
     def score(self, samples: list[Sample]) -> list[Scored]:
+        models = self.models.start([(s.prompt, s.completion) for s in samples]) if self.models else None
         scored = self._functions(samples) if self.actors else [Scored(0.0, {}) for _ in samples]
+        if models is not None:  # a term's part is the model's raw score; the sum takes its (normalised) value
+            for name, (raw, values) in models().items():
+                for out, score, value in zip(scored, raw, values):
+                    out.parts[name] = score
+                    out.reward += self.models.weights[name] * value
         if self.judge is not None:
             self._add_judge(samples, scored)
         return scored
@@ -176,3 +187,5 @@ class RewardPool:
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+        if self.models is not None:
+            self.models.shutdown()

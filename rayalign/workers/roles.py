@@ -36,6 +36,7 @@ from rayalign.workers.group import actor_names, answers, launch, spawn
 from rayalign.workers.learner import LearnerWorker
 from rayalign.workers.reference import ReferenceWorker
 from rayalign.workers.reward import RewardPool, Sample, Scored
+from rayalign.workers.reward_model import RewardModels
 from rayalign.workers.rollout import RolloutFailed, RolloutWorker, dispatch, stop
 
 T = TypeVar("T")
@@ -65,8 +66,12 @@ class RLRoles:
                                      names=self.reference_names,
                                      placed=[self.placement.options("reference", 0)])
         self.judge_cfg = judge
+        models = cfg.reward.models and RewardModels(cfg.reward.models, self.run, self.deadline.reward, START_TIMEOUT_S,
+                                                    placed=lambda i: self.placement.options("reward_model", i))
+        if models:
+            models.restore(restored)
         self.rewards = RewardPool(cfg.reward, judge=judge and Judge(judge, endpoint(judge)), run=self.run,
-                                  placed=lambda i: self.placement.options("reward", i))
+                                  placed=lambda i: self.placement.options("reward", i), models=models or None)
 
     def _start_rollouts(self, count: int, index: int = 0) -> Callable[[], list]:
         r = self.rollout_args[1]
@@ -98,6 +103,8 @@ class RLRoles:
             ray.kill(learner)
         self.learner_restarts += 1
         state = self._start_learners(restored)
+        if self.rewards.models is not None:  # the steps after the checkpoint are taken again
+            self.rewards.models.restore(restored)
         self.updates = state.step
         self.sync()
         return state
@@ -180,7 +187,9 @@ class RLRoles:
 
     def save(self, directory: str, state: TrainerState, keep: int | None, run: dict,
              extra: dict[str, str] | None = None) -> None:
-        """Checkpoint ``directory``; ``extra``: more files (name -> text) sealed into it with the rest."""
+        """Checkpoint ``directory``; ``extra``: more files (name -> text) sealed into it with the rest, as are
+        the reward models' running moments."""
+        extra = {**(extra or {}), **(self.rewards.models.state() if self.rewards.models else {})} or None
         self._learners("save", self.deadline.save,
                        [learner.save.remote(directory, state, keep, run, extra) for learner in self.learners])
 

@@ -128,7 +128,7 @@ def test_grpo_recipe_errors_name_the_key(tmp_path, capsys):
     cfg = tmp_path / "g.yaml"
     cfg.write_text(GRPO_CFG.format(data=data))
     code, _, err = run(["train", "-c", str(cfg)], capsys)
-    assert (code, err) == (2, f"error: {cfg}:1: reward.functions: online RL needs at least one reward function or a reward.judge\n")
+    assert (code, err) == (2, f"error: {cfg}:1: reward.functions: online RL needs at least one reward function, reward model or reward.judge\n")
     code, _, err = run(["train", "-c", str(cfg), "--reward.functions[0].name", "no_such_reward"], capsys)
     assert code == 2 and err.startswith("error: reward.functions[0].name: unknown reward 'no_such_reward'")
     code, _, err = run(["train", "-c", str(cfg), "--reward.functions[0].name", "boxed_answer",
