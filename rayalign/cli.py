@@ -1,4 +1,4 @@
-"""The ``rayalign`` command line: train, tune, serve, infer, judge, evaluate, data, models, config, env.
+"""The ``rayalign`` command line: train, tune, serve, infer, judge, score, evaluate, data, models, config, env.
 
 User mistakes (``UserError``) print one ``error: ...`` line and exit 2; ``--debug`` anywhere on the
 command line shows the traceback instead. Config-taking commands accept Oumi-style dotted overrides
@@ -110,6 +110,25 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
         score_file(Judge(cfg, endpoint(cfg)), source, output, typer.echo)
     finally:
         release(cfg)
+
+
+@app.command()
+def score(model: str = typer.Option(..., "--model", "-m", help="reward model: a one-label classifier dir or hub name"),
+          source: Path = typer.Option(..., "--input", "-i", help="JSONL rows: prompt, response (or prompt, chosen, "
+                                                                  "rejected)"),
+          output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus reward_score (or "
+                                                                   "reward_chosen, reward_rejected)"),
+          batch_size: int = typer.Option(16, min=1, help="sequences per forward pass"),
+          max_length: int = typer.Option(1024, min=2, help="prompt + response tokens scored"),
+          force: bool = ForceOpt) -> None:
+    """Score a dataset with a reward model; preference rows also give its pair accuracy."""
+    from rayalign.evaluate.reward_model import score_file
+    from rayalign.models.scoring import ScoreModel
+    from rayalign.outputs import check_file
+
+    check_file(output, "--output", force)
+    score_file(lambda: ScoreModel(model, max_length=max_length, batch_size=batch_size, where="--model"), source,
+               output, typer.echo)
 
 
 @app.command(context_settings=OVERRIDES)

@@ -397,11 +397,12 @@ class JudgeConfig(Section):
 
 class EvalTaskConfig(Section):
     name: str = Field(..., min_length=1, description="label in the results table")
-    kind: Literal["generate", "multiple_choice", "perplexity", "judge"] = Field(
-        ..., description="verifiable generation | log-likelihood choice | text perplexity | judge score")
+    kind: Literal["generate", "multiple_choice", "perplexity", "judge", "reward_model"] = Field(
+        ..., description="verifiable generation | log-likelihood choice | text perplexity | judge score | "
+        "reward-model score")
     task: str | None = Field(None, description="generate: built-in task (letter_count | arithmetic | countdown)")
-    path: str | None = Field(None, description="multiple_choice: JSONL; perplexity: text file; judge: prompts "
-                             "JSONL; null = the built-in set")
+    path: str | None = Field(None, description="multiple_choice: JSONL; perplexity: text file; judge, "
+                             "reward_model: prompts JSONL; null = the built-in set")
     num_samples: int = Field(100, gt=0, description="examples (generated tasks; first N rows of files)")
     seed: int = Field(1234, description="task generator seed (held out from training's 0..)")
     split: Literal["train", "test"] = Field(
@@ -410,7 +411,9 @@ class EvalTaskConfig(Section):
                          "temperature 1 (sampled_accuracy)")
     max_new_tokens: int = Field(64, gt=0, description="generation length cap")
     judge: str | None = Field(None, description="judge: judge YAML file")
-    baseline: ModelConfig | None = Field(None, description="judge: a second model for the win rate")
+    reward_model: str | None = Field(None, description="reward_model: the reward model (a one-label classifier "
+                                     "directory or hub name)")
+    baseline: ModelConfig | None = Field(None, description="judge, reward_model: a second model for the win rate")
 
 
 class EvalConfig(Section):
@@ -539,7 +542,7 @@ def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 BUILTIN_JUDGES = ("helpfulness", "correctness", "safety", "pairwise")
-EVAL_NEEDS: dict[str, str] = {"generate": "task", "judge": "judge"}
+EVAL_NEEDS: dict[str, str] = {"generate": "task", "judge": "judge", "reward_model": "reward_model"}
 
 
 def _judge_errors(cfg: JudgeConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -567,8 +570,8 @@ def _eval_errors(cfg: EvalConfig) -> list[tuple[tuple[str | int, ...], str]]:
             errors.append((("tasks", i, need), f"required for kind '{task.kind}'"))
         if task.kind == "perplexity" and task.path is None:
             errors.append((("tasks", i, "path"), "required for kind 'perplexity' (a text file)"))
-        if task.kind == "judge" and task.path is None and task.task is None:
-            errors.append((("tasks", i, "path"), "kind 'judge' needs prompts: a JSONL path or a built-in task"))
+        if task.kind in ("judge", "reward_model") and task.path is None and task.task is None:
+            errors.append((("tasks", i, "path"), f"kind '{task.kind}' needs prompts: a JSONL path or a built-in task"))
     names = [t.name for t in cfg.tasks]
     for i, name in enumerate(names):
         if name in names[:i]:

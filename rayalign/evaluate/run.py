@@ -5,9 +5,10 @@ An evaluation in which no task scored a single example (every judge verdict unpa
 results and then fails (:class:`RunError`, exit 1): a run that measured nothing must not look like a success.
 
 The model is loaded at most twice, each lazily: as a generation engine (``engine``: vLLM or HF) for the
-generate and judge tasks, and as an HF model for the log-likelihood tasks (multiple choice, perplexity).
-A judge task's baseline model gets its own engine, closed after its answers. A local judge runs as its
-own Ray Serve app for the evaluation and is deleted after it.
+generate, judge and reward-model tasks, and as an HF model for the log-likelihood tasks (multiple choice,
+perplexity). A judge or reward-model task's baseline model gets its own engine, closed after its answers.
+A reward model is loaded in this process for its task; a local judge runs as its own Ray Serve app for the
+evaluation and is deleted after it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from rayalign.config_io import load_config
 from rayalign.engines.base import GenerationEngine
 from rayalign.engines.build import build_engine
 from rayalign.errors import RunError, UserError
-from rayalign.evaluate import generative, loglik
+from rayalign.evaluate import generative, loglik, reward_model
 from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
 from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.models.scoring import ScoreModel
 from rayalign.outputs import staged, write_text
 
 RESULTS = "results.json"
@@ -72,12 +74,14 @@ def run_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
     if task.kind == "perplexity":
         return loglik.perplexity(subject.hf(), subject.tokenizer, Path(task.path), cfg.max_model_len,
                                  cfg.batch_size, task.num_samples)
+    if task.kind == "reward_model":
+        return reward_model_task(subject, task)
     return judge_task(subject, task)
 
 
-def judge_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
+def _answers(subject: Subject, task: EvalTaskConfig) -> tuple[list, list[str], list[str] | None]:
+    """(prompts, the subject's answers, the baseline model's answers or None) for a judge-style task."""
     cfg = subject.cfg
-    judge_cfg = load_config(task.judge, kind=JudgeConfig)
     prompts = generative.judge_prompts(task)
     answers = generative.answers(subject.engine(), subject.tokenizer, prompts, task.max_new_tokens, cfg.temperature)
     baseline = None
@@ -88,6 +92,20 @@ def judge_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
                                            cfg.temperature)
         finally:
             other.close()
+    return prompts, answers, baseline
+
+
+def reward_model_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
+    assert task.reward_model is not None  # config validation
+    model = ScoreModel(task.reward_model, max_length=subject.cfg.max_model_len, batch_size=subject.cfg.batch_size,
+                       where=f"tasks.{task.name}.reward_model")  # a wrong path fails before any generation
+    prompts, answers, baseline = _answers(subject, task)
+    return reward_model.task_scores(model, prompts, answers, baseline)
+
+
+def judge_task(subject: Subject, task: EvalTaskConfig) -> dict[str, float]:
+    judge_cfg = load_config(task.judge, kind=JudgeConfig)
+    prompts, answers, baseline = _answers(subject, task)
     try:
         return generative.judged(Judge(judge_cfg, endpoint(judge_cfg)), prompts, answers, baseline)
     finally:
@@ -116,7 +134,7 @@ def results_path(cfg: EvalConfig) -> Path:
     return Path(cfg.output_dir) / RESULTS
 
 
-SCORES = ("accuracy", "perplexity", "judge_score", "win_rate")  # one per kind; NaN when nothing was scored
+SCORES = ("accuracy", "perplexity", "judge_score", "win_rate", "reward_score")  # one per kind; NaN when nothing was scored
 
 
 def unscored(results: dict) -> list[str]:
@@ -137,7 +155,7 @@ def _refuse_empty(results: dict, echo: Callable[[str], None]) -> None:
 
 
 HEADLINE = ("accuracy", "best_constant", "sampled_accuracy", "format_rate", "mean_answer_tokens", "accuracy_norm",
-            "perplexity", "judge_score", "win_rate")
+            "perplexity", "judge_score", "win_rate", "reward_score", "baseline_reward_score")
 
 
 def read_results(path: Path) -> dict:

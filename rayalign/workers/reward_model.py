@@ -1,14 +1,14 @@
 """Reward models as reward terms (``reward.models``): each is a group of Ray actors holding a one-label
-sequence classifier (``trainer: reward_model``'s output), scoring a step's samples in batched forward passes
-on CPU or GPU (``grpo.run`` checks each is a one-label classifier before anything starts). The samples split into contiguous chunks, one per actor, and every model's actors start at
-once, so they score while the reward functions run.
+sequence classifier (``trainer: reward_model``'s output, checked by ``grpo.run`` before anything starts),
+scoring a step's samples in batched forward passes on CPU or GPU. The samples split into contiguous chunks,
+one per actor, and every model's actors start at once, so they score while the reward functions run.
 
-Each completion is scored as the reward model was trained: its prompt through the reward model's own
-tokenizer and chat template, the completion as the assistant's turn (``collate.tokenize_scored``), so the
-policy and the reward model need not share a vocabulary. A model's term is its raw score, or with
-``normalize`` the score standardised by the run's running moments (``rewards/running.py``), whose state the
-checkpoints keep. A reward model that dies or hangs stops the run like the reference would, naming its
-actor (a learned reward cannot be skipped for some samples without changing what the run optimises).
+Each completion is scored as the reward model was trained, with the reward model's own tokenizer
+(``models/scoring.py``), so the policy and the reward model need not share a vocabulary. A model's term is
+its raw score, or with ``normalize`` the score standardised by the run's running moments
+(``rewards/running.py``), whose state the checkpoints keep. A reward model that dies or hangs stops the run
+like the reference would, naming its actor (a learned reward cannot be skipped for some samples without
+changing what the run optimises).
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from rayalign.config import ModelConfig, RewardModelConfig
-from rayalign.data.collate import tokenize_scored
-from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.config import RewardModelConfig
+from rayalign.models.scoring import ScoreModel
 from rayalign.rewards.running import RunningMoments
 from rayalign.workers.group import actor_names, answers, quiet_actor, spawn
 
@@ -34,32 +31,18 @@ def term_names(models: list[RewardModelConfig]) -> list[str]:
 
 
 class RewardModelWorker:
-    """One actor: a reward model and its tokenizer; ``score`` returns one float per (prompt, completion)."""
+    """One actor: a reward model (``models/scoring.py``); ``score`` returns one float per (prompt, completion)."""
 
     def __init__(self, cfg: RewardModelConfig):
         quiet_actor(cfg.torch_threads)
-        model = ModelConfig(name_or_path=cfg.path, dtype=cfg.dtype)
-        self.device = torch.device("cuda" if cfg.num_gpus else "cpu")
-        self.model = load_model(model, apply_lora=False, head="score").to(self.device).eval().requires_grad_(False)
-        self.tokenizer, self.cfg = load_tokenizer(model), cfg
+        self.model = ScoreModel(cfg.path, dtype=cfg.dtype, device="cuda" if cfg.num_gpus else "cpu",
+                                max_length=cfg.max_length, batch_size=cfg.batch_size)
 
     def ready(self) -> bool:
         return True
 
-    @torch.no_grad()
     def score(self, pairs: list[tuple]) -> list[float]:
-        ids = [tokenize_scored(self.tokenizer, prompt, completion, self.cfg.max_length) for prompt, completion in pairs]
-        out: list[float] = []
-        for start in range(0, len(ids), self.cfg.batch_size):
-            chunk = ids[start:start + self.cfg.batch_size]
-            width = max(len(x) for x in chunk)
-            tokens = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(tokens)
-            for i, x in enumerate(chunk):  # right-padded: the head reads each row's last non-padding token
-                tokens[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
-            logits = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device)).logits
-            out += logits[:, 0].float().cpu().tolist()
-        return out
+        return self.model.score(pairs)
 
 
 class RewardModels:

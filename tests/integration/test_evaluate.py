@@ -4,13 +4,15 @@ a win rate against a baseline (stub judge: see judge_stub.py), results.json and 
 
 import json
 import math
+import re
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rayalign.cli import main
-from rayalign.data.collate import tokenize_prompt
+from rayalign.data.collate import tokenize_preference, tokenize_prompt
+from rayalign.judge.dataset import as_text
 from rayalign.data.tasks import generate
 from rayalign.evaluate.loglik import BUILTIN_MC, read_mc
 from tests.integration import judge_stub
@@ -34,7 +36,7 @@ def logp(model, context, continuation):
     return torch.log_softmax(logits, -1)[torch.arange(len(continuation)), continuation].sum().item()
 
 
-def test_evaluate_cli(ray_local, tiny_model_dir, tiny_tokenizer, hf, tmp_path, capsys, stub):
+def test_evaluate_cli(ray_local, tiny_model_dir, tiny_tokenizer, hf, tmp_path, capsys, stub, tiny_reward_model_dir):
     text = "\n".join(f"{ex.prompt} {ex.solution}" for ex in generate("letter_count", 30, 5))
     (tmp_path / "text.txt").write_text(text)
     (tmp_path / "judge.yaml").write_text(f"base_url: {stub}\nmodel_name: stub\ncache: null\n")
@@ -51,6 +53,8 @@ def test_evaluate_cli(ray_local, tiny_model_dir, tiny_tokenizer, hf, tmp_path, c
              "max_new_tokens": 8},
             {"name": "vs_self", "kind": "judge", "task": "arithmetic", "num_samples": 4, "max_new_tokens": 8,
              "judge": str(tmp_path / "pair.yaml"), "baseline": {"name_or_path": model}},
+            {"name": "rm", "kind": "reward_model", "task": "arithmetic", "num_samples": 4, "max_new_tokens": 8,
+             "reward_model": str(tiny_reward_model_dir), "baseline": {"name_or_path": model}},
         ]}))
     judge_stub.REQUESTS.clear()
     code, out, _ = cli(["evaluate", "-c", str(tmp_path / "eval.yaml")], capsys)
@@ -83,6 +87,21 @@ def test_evaluate_cli(ray_local, tiny_model_dir, tiny_tokenizer, hf, tmp_path, c
     pairwise = [r for r in judge_stub.REQUESTS if "[Response A]" in r["messages"][0]["content"]]
     assert len(pairwise) == 8  # 4 prompts, both orders
     assert results["vs_self"]["win_rate"] == 0.5  # greedy answers of the same model tie
+
+    # the reward model scored the same greedy answers the judge saw, each with its prompt
+    prompts = {as_text(ex.prompt): ex.prompt for ex in generate("arithmetic", 4, 1234)}
+    seen = [re.search(r"\[User request\]\n(.*)\n\n\[Assistant response\]\n(.*)\Z", r["messages"][0]["content"], re.S)
+            for r in judge_stub.REQUESTS if "[Assistant response]" in r["messages"][0]["content"]
+            and r["temperature"] > 0]
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_dir).eval()
+    direct = []
+    for m in seen:
+        row = {"prompt": prompts[m.group(1)], "chosen": m.group(2), "rejected": ""}
+        p, c = tokenize_preference(tiny_tokenizer, row, 128)["chosen"]
+        with torch.no_grad():
+            direct.append(classifier(input_ids=torch.tensor([p + c])).logits[0, 0].item())
+    assert results["rm"]["n"] == 4 and results["rm"]["reward_score"] == pytest.approx(sum(direct) / 4, abs=1e-5)
+    assert results["rm"]["baseline_reward_score"] == results["rm"]["reward_score"] and results["rm"]["win_rate"] == 0.5
 
     other = json.loads((tmp_path / "out" / "results.json").read_text())
     other["model"], other["tasks"]["mc"]["accuracy"] = "other", results["mc"]["accuracy"] + 0.1

@@ -11,7 +11,8 @@ PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalig
         "rayalign.training.sharding", "rayalign.training.batching", "rayalign.training.rl_step",
         "rayalign.recipes.common", "rayalign.judge.judge", "rayalign.judge.parsers", "rayalign.judge.templates",
         "rayalign.judge.dataset", "rayalign.engines.build", "rayalign.serve.protocol",
-        "rayalign.engines.vllm_errors", "rayalign.outputs"]
+        "rayalign.engines.vllm_errors", "rayalign.outputs", "rayalign.models.scoring", "rayalign.rewards.running",
+        "rayalign.algorithms.reward_model", "rayalign.evaluate.reward_model"]
 
 
 def test_core_modules_do_not_import_ray():

@@ -72,3 +72,60 @@ def test_a_causal_lm_or_missing_dir_as_reward_model_is_refused_before_anything_s
     missing = RecipeConfig.model_validate(_rl(tiny_model_dir, {"models": [{"path": str(tmp_path / "rm" / "final")}]}))
     with pytest.raises(UserError, match=r"^reward.models\[0\].path: the local directory '.*final' does not exist"):
         run(missing)
+
+
+def _direct(model_dir, tokenizer, prompt, completion) -> float:
+    from transformers import AutoModelForSequenceClassification
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    p, c = tokenize_preference(tokenizer, {"prompt": prompt, "chosen": completion, "rejected": ""}, 64)["chosen"]
+    with torch.no_grad():
+        return classifier(input_ids=torch.tensor([p + c])).logits[0, 0].item()
+
+
+def test_score_cli_scores_rows_and_gives_a_pair_accuracy(tiny_reward_model_dir, tiny_tokenizer, tmp_path, capsys):
+    import json
+
+    from rayalign.cli import main
+
+    def cli(*args):
+        with pytest.raises(SystemExit) as info:
+            main(["score", "-m", str(tiny_reward_model_dir), *args, "--max-length", "64"])
+        return info.value.code, *capsys.readouterr()
+
+    rows = [{"prompt": "Count the r's in 'berry'.", "chosen": "There are 2.", "rejected": "1"},
+            {"prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": "4", "rejected": "5", "id": 7},
+            {"prompt": "abc", "chosen": "d", "rejected": "a much longer answer to this"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, _ = cli("-i", str(tmp_path / "pairs.jsonl"), "-o", str(tmp_path / "scored.jsonl"))
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert code == 0 and [{k: v for k, v in s.items() if not k.startswith("reward_")} for s in scored] == rows
+    wins = 0
+    for row, s in zip(rows, scored):
+        for side in ("chosen", "rejected"):
+            assert s[f"reward_{side}"] == pytest.approx(_direct(tiny_reward_model_dir, tiny_tokenizer, row["prompt"],
+                                                                row[side]), abs=1e-5)
+        wins += s["reward_chosen"] > s["reward_rejected"]
+    assert "3 rows scored (mean score " in out and f"pair accuracy {wins / 3:.4f}: chosen scored above rejected" in out
+
+    (tmp_path / "answers.jsonl").write_text(json.dumps({"prompt": "abc", "completion": "d"}) + "\n")
+    code, out, _ = cli("-i", str(tmp_path / "answers.jsonl"), "-o", str(tmp_path / "a.jsonl"))
+    [row] = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert code == 0 and row["reward_score"] == pytest.approx(_direct(tiny_reward_model_dir, tiny_tokenizer, "abc", "d"),
+                                                              abs=1e-5)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "abc"}) + "\n")
+    code, _, err = cli("-i", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "b.jsonl"))
+    assert code == 2 and err.splitlines()[-1] == (f"error: {tmp_path}/bad.jsonl:1: field 'response' is missing (a row "
+                                                  "needs prompt and response, or prompt, chosen and rejected)")
+    assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_score_cli_refuses_a_causal_lm(tiny_model_dir, tmp_path, capsys):
+    from rayalign.cli import main
+
+    (tmp_path / "x.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    with pytest.raises(SystemExit) as info:
+        main(["score", "-m", str(tiny_model_dir), "-i", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --model: '{tiny_model_dir}' is not a one-label sequence "
+                                              "classifier (architectures ['Qwen2ForCausalLM'], num_labels ")
