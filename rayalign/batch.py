@@ -71,6 +71,8 @@ class RolloutBatch(_Batch):
     attention_mask: torch.Tensor   # [N, L] 1 = real token
     completion_mask: torch.Tensor  # [N, L-1] 1 where column t scores a sampled completion token
     rollout_logps: torch.Tensor    # [N, L-1] log pi_rollout(token) as the engine sampled it; 0 elsewhere
-    advantages: torch.Tensor       # [N] one per completion, broadcast over its tokens
+    advantages: torch.Tensor       # [N] one per completion, broadcast over its tokens; ppo: [N, L-1] per token
     ref_logps: torch.Tensor | None = None  # [N, L-1] log pi_ref(token); None when kl_coef = 0
     policy_version: int = 0        # the weights that sampled it: the learners' after this many steps
+    old_values: torch.Tensor | None = None  # ppo: [N, L-1] the critic's values before this step's update
+    returns: torch.Tensor | None = None     # ppo: [N, L-1] GAE returns, the critic's targets

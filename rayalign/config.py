@@ -145,6 +145,7 @@ ALGORITHM_PAPERS: dict[str, str] = {
     "gspo": "GSPO, Zheng et al. 2025",
     "rloo": "RLOO, Ahmadian et al. 2024",
     "reinforce_pp": "REINFORCE++, Hu 2025",
+    "ppo": "InstructGPT, Ouyang et al. 2022",
 }
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     # eps 0.2, KL beta 0.04 with the k3 estimator in the loss, 1/G sum_i 1/|o_i| sum_t (eq. 3)
@@ -169,6 +170,10 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     # place for: the KL is that of the author's REINFORCE++-baseline recipe (OpenRLHF), k2 in the loss at 1e-3
     "reinforce_pp": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.001, kl_estimator="k2",
                          loss_agg="token-mean", dynamic_sampling=False),
+    # PPO's clip 0.2; InstructGPT's per-token KL penalty beta 0.02 (k1, log pi - log pi_ref) folded into the
+    # reward, not the loss; per-token advantages averaged over tokens
+    "ppo": dict(clip_low=0.2, clip_high=0.2, kl_coef=0.02, kl_estimator="k1",
+                loss_agg="token-mean", dynamic_sampling=False),
 }
 # Settings an algorithm's definition fixes: a user value other than the table's is an error, not ignored.
 ALGORITHM_FIXED: dict[str, dict[str, str]] = {
@@ -176,6 +181,7 @@ ALGORITHM_FIXED: dict[str, dict[str, str]] = {
     "dapo": {"loss_agg": "the token-level loss is one of DAPO's techniques",
              "kl_coef": "the DAPO paper drops the KL term"},
     "gspo": {"loss_agg": "one clipped ratio per sequence, averaged over sequences"},
+    "ppo": {"loss_agg": "GAE gives one advantage per token, averaged over tokens"},
 }
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -185,8 +191,8 @@ class AlgorithmConfig(Section):
     :data:`ALGORITHM_DEFAULTS`, resolved at validation; a value the user sets always wins, and a setting
     the algorithm fixes (:data:`ALGORITHM_FIXED`) may only be set to that value."""
 
-    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = Field(
-        "grpo", description="policy-gradient variant"
+    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo"] = Field(
+        "grpo", description="policy-gradient variant (ppo: with a critic role, see critic)"
     )
     prompts_per_step: int = Field(8, gt=0, description="prompts sampled per RL step")
     group_size: int = Field(4, gt=0, description="completions per prompt (the GRPO group)")
@@ -197,7 +203,8 @@ class AlgorithmConfig(Section):
     clip_low: float | None = Field(None, ge=0, lt=1, description="ratio clip below: 1 - clip_low")
     clip_high: float | None = Field(None, ge=0, description="ratio clip above: 1 + clip_high")
     kl_coef: float | None = Field(
-        None, ge=0, description="weight of the KL-to-reference loss term; 0 skips the reference")
+        None, ge=0, description="weight of the KL-to-reference loss term (ppo: of the per-token KL penalty in the "
+        "reward); 0 skips the reference")
     kl_estimator: Literal["k1", "k2", "k3"] | None = Field(
         None, description="KL estimator (Schulman's k1/k2/k3); null while kl_coef is 0")
     loss_agg: LossAgg | None = Field(
@@ -215,6 +222,12 @@ class AlgorithmConfig(Section):
         None, gt=0, description="truncated importance sampling: each token's policy-gradient term x "
         "min(pi_learner / pi_rollout, tis_cap), pi_rollout the engine's log-prob of the sampled token (Yao et "
         "al. 2025); corrects for an engine that runs older weights or computes differently; null = off")
+
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount per token (1: RLHF's undiscounted episode)")
+    lam: float = Field(0.95, ge=0, le=1, description="ppo: GAE lambda")
+    value_clip: float | None = Field(
+        0.2, gt=0, description="ppo: the critic's update clipped to old value +- value_clip (PPO2); null = off")
+    whiten_advantages: bool = Field(True, description="ppo: standardise each step's advantages over its tokens")
 
     @model_validator(mode="after")
     def _algorithm_defaults(self) -> "AlgorithmConfig":
@@ -242,11 +255,28 @@ class AlgorithmConfig(Section):
         if self.loss_agg == "seq-mean-token-sum-norm" and self.name != "dr_grpo":
             errors.append(("loss_agg", f"seq-mean-token-sum-norm is Dr. GRPO's loss, not {self.name}'s: "
                                        "use name: dr_grpo"))
+        for key in ("gamma", "lam", "value_clip", "whiten_advantages"):
+            if self.name != "ppo" and getattr(self, key) != type(self).model_fields[key].default:
+                errors.append((key, f"only ppo uses {key} (its critic's advantages); {self.name} takes its "
+                                    "advantages from the group: remove the key or use name: ppo"))
         if "kl_estimator" in self.model_fields_set and self.kl_coef == 0:
             why = "as set" if "kl_coef" in self.model_fields_set else f"the {self.name} default"
             errors.append(("kl_estimator", f"unused with {self.name}: kl_coef is 0 ({why}); set kl_coef > 0 "
                                            "or remove the key"))
         return errors
+
+
+class CriticConfig(Section):
+    """PPO's value model: its own FSDP2 actor group, a one-label score head read at every token."""
+    init: str | None = Field(None, description="a reward model directory to start from (trainer: reward_model's "
+                             "output); null: the policy's weights with a fresh value head")
+    learning_rate: float = Field(1e-5, gt=0, description="the critic's peak learning rate (training.lr_scheduler's "
+                                 "schedule)")
+    warmup_steps: int = Field(0, ge=0, description="first steps that train only the critic (the policy waits for "
+                              "a value function that means something)")
+    num_workers: int = Field(1, gt=0, description="critic actors (FSDP2 ranks)")
+    cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs per critic actor (a GPU each with "
+                                   "scaling.use_gpu)")
 
 
 class ReferenceConfig(Section):
@@ -460,6 +490,7 @@ class CallTimeouts(Section):
     generate: float = Field(1800, gt=0, description="rollout workers: one chunk of a step's generation")
     reference: float = Field(900, gt=0, description="reference actor: one step's log-probs")
     reward: float = Field(900, gt=0, description="reward-model actors: one step's scores")
+    values: float = Field(900, gt=0, description="ppo's critic: one step's values")
     train: float = Field(1800, gt=0, description="learners: one optimizer step (all its micro batches)")
     sync: float = Field(900, gt=0, description="learners to rollout workers: one weight sync")
     save: float = Field(1800, gt=0, description="learners: writing one checkpoint")
@@ -483,6 +514,7 @@ class RecipeConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="RL algorithm")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="RL generation")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="RL rewards")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="ppo's value model")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="RL reference model")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="inference service")
     infer: InferConfig = Field(default_factory=InferConfig, description="rayalign infer")
@@ -536,6 +568,9 @@ def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
     if cfg.data and cfg.rollout.max_new_tokens >= cfg.data.train.max_length:
         errors.append((("rollout", "max_new_tokens"), f"must be below data.train.max_length "
                        f"({cfg.data.train.max_length}), the prompt + completion budget"))
+    if a.name == "ppo" and a.kl_coef and cfg.reference.colocate:
+        errors.append((("reference", "colocate"), "ppo folds the KL into the reward on the driver, which needs the "
+                       "reference's log-probs from the reference actor; set colocate: false"))
     if a.overlong_buffer and a.overlong_buffer > cfg.rollout.max_new_tokens:
         errors.append((("algorithm", "overlong_buffer"), "must not exceed rollout.max_new_tokens"))
     return errors

@@ -9,7 +9,7 @@ what the roles ask against what the cluster has, and the Ray placement group the
   (strategy PACK). On GPUs they split one GPU: the engine takes ``rollout.num_gpus`` of it, the learner the
   rest, and the weight sync stays on the node. Needs ``rollout.num_workers == scaling.num_workers``.
 
-Reward workers, reward-model actors and the reference actor are bundles of their own either way; a judge's Serve app is placed
+Reward workers, reward-model actors, the reference actor and PPO's critic are bundles of their own either way; a judge's Serve app is placed
 by Serve. Inside a Tune trial the roles ride in the trial's own placement group (Tune reserved it from
 :func:`resource_asks`), so no group is made here.
 """
@@ -24,7 +24,7 @@ from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.errors import UserError
 
 KEYS = {"CPU": "rollout.num_cpus, scaling.cpus_per_worker, reference.num_cpus, reward.num_cpus, "
-               "reward.models[].num_cpus, judge serve.num_cpus",
+               "reward.models[].num_cpus, critic.cpus_per_worker, judge serve.num_cpus",
         "GPU": "rollout.num_gpus, scaling.use_gpu, reward.models[].num_gpus, judge serve.num_gpus"}
 
 
@@ -44,6 +44,8 @@ def role_bundles(cfg: RecipeConfig) -> dict[str, list[dict[str, float]]]:
         out["reward_model"] = [_bundle(m.num_cpus, m.num_gpus) for m in cfg.reward.models for _ in range(m.num_workers)]
     if cfg.algorithm.kl_coef > 0 and not cfg.reference.colocate:
         out["reference"] = [_bundle(cfg.reference.num_cpus, 0)]
+    if cfg.algorithm.name == "ppo":
+        out["critic"] = [_bundle(cfg.critic.cpus_per_worker, 1.0 if s.use_gpu else 0)] * cfg.critic.num_workers
     return out
 
 

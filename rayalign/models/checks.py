@@ -103,9 +103,10 @@ def check_model(cfg: ModelConfig) -> None:
         check_lora_targets(skeleton, cfg.lora.target_modules)
 
 
-def check_score_model(path: str, where: str) -> None:
+def check_score_model(path: str, where: str, policy: ModelConfig | None = None) -> None:
     """A model to score with (a reward model): a one-label sequence classifier, else one line naming ``where``
-    (a causal LM would load with a fresh random head and score noise, silently)."""
+    (a causal LM would load with a fresh random head and score noise, silently). With ``policy`` (a critic
+    reads the policy's token ids) its vocabulary must be the policy's."""
     from rayalign.models.loading import check_local
 
     try:
@@ -117,3 +118,7 @@ def check_score_model(path: str, where: str) -> None:
     if not any(kind.endswith("ForSequenceClassification") for kind in kinds) or config.num_labels != 1:
         raise UserError(f"{where}: '{path}' is not a one-label sequence classifier (architectures {kinds}, "
                         f"num_labels {config.num_labels}); train one with trainer: reward_model")
+    if policy is not None and config.vocab_size != (theirs := model_config(policy).vocab_size):
+        raise UserError(f"{where}: '{path}' has a vocabulary of {config.vocab_size} tokens, the policy {theirs}; "
+                        "the critic reads the policy's tokens: start it from a reward model on the policy's "
+                        "tokenizer, or leave it null")

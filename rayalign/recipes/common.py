@@ -45,11 +45,13 @@ def check_step_fits(cfg: RecipeConfig, rows: int) -> None:
 
 
 def local_paths(cfg: RecipeConfig) -> RecipeConfig:
-    """Make local model paths (the policy's, the reward models') absolute: Ray workers run in their own
+    """Make local model paths (the policy's, the reward models', the critic's) absolute: Ray workers run in their own
     working directory."""
     update = {key: str(Path(value).resolve()) for key in ("name_or_path", "tokenizer")
               if (value := getattr(cfg.model, key)) and Path(value).exists()}
     models = [m.model_copy(update={"path": str(Path(m.path).resolve())}) if Path(m.path).exists() else m
               for m in cfg.reward.models]
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update),
+    init = cfg.critic.init
+    critic = cfg.critic.model_copy(update={"init": str(Path(init).resolve()) if init and Path(init).exists() else init})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update), "critic": critic,
                                   "reward": cfg.reward.model_copy(update={"models": models})})

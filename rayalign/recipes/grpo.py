@@ -99,6 +99,8 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
     WeightedReward(cfg.reward.functions)  # unknown rewards fail here, before the data, model or any actor
     for i, model in enumerate(cfg.reward.models):
         check_score_model(model.path, f"reward.models[{i}].path")
+    if a.name == "ppo" and cfg.critic.init is not None:
+        check_score_model(cfg.critic.init, "critic.init", policy=cfg.model)
     judge = reward_judge(cfg)
     tokenizer = load_tokenizer(cfg.model)
     check_model(cfg.model)  # damaged files, LoRA targets: before any actor loads it
@@ -178,7 +180,7 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
                     reporter.step({"step": state.step, **{k: v for k, v in metrics.items() if math.isfinite(v)}},
                                   out / RUN_NAME / f"checkpoint-{state.step:06d}" if saved == state.step else None)
             except RoleDied as exc:
-                if exc.role != "learner":
+                if exc.role not in ("learner", "critic"):
                     raise
                 if 0 <= t.max_failures <= roles.learner_restarts:
                     raise RoleDied(f"{exc}; stopping: {roles.learner_restarts} learner restart(s) already "
@@ -198,7 +200,7 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
     except RunError as exc:
         # Another role failed or hung, not the learners: unless they already took the failed step's update,
         # they hold exactly the finished steps, kept as a checkpoint to resume from.
-        learners_answer = not (isinstance(exc, (RoleTimeout, RoleDied)) and exc.role == "learner")
+        learners_answer = not (isinstance(exc, (RoleTimeout, RoleDied)) and exc.role in ("learner", "critic"))
         if state.step > saved and roles.updates == state.step and learners_answer:
             if schedule is not None:  # its generation may be what failed: a resume regenerates those samples
                 schedule.close()

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overlong_penalty
+from rayalign.algorithms.ppo import advantages_and_returns
 from rayalign.config import RecipeConfig
 from rayalign.data.collate import collate_rollout
 from rayalign.engines.base import Completion, SamplingSpec
@@ -87,6 +88,7 @@ def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list
     batch = collate_rollout([(row["ids"], c.token_ids, c.logprobs) for row, g in zip(rows, groups) for c in g],
                             torch.zeros(len(samples)), pad_id, version)  # advantages once the rewards are in
     reference = roles.reference_logps(batch)
+    values = roles.values(batch) if a.name == "ppo" else None  # the critic scores beside the rewards too
     with timer("reward"):
         scored = roles.score(samples)
     failed, lines = failures.observe(step + 1, scored)
@@ -97,15 +99,23 @@ def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list
     if a.overlong_buffer:
         lengths = torch.tensor([[len(c.token_ids) for c in g] for g in groups])
         rewards = rewards + overlong_penalty(lengths, r.max_new_tokens, a.overlong_buffer)
-    advantages = ADVANTAGES[a.name](rewards)
     keep = informative_groups(rewards) if a.dynamic_sampling else torch.ones(len(rows), dtype=torch.bool)
     metrics["groups_kept"] = float(keep.sum())
-    batch.advantages = advantages.flatten().float()
     with timer("reference"):
         batch.ref_logps = reference()
+    if values is None:
+        batch.advantages = ADVANTAGES[a.name](rewards).flatten().float()
+    else:  # ppo: the KL folded into per-token rewards, GAE against the critic's values
+        with timer("values"):
+            batch.old_values = values()
+        batch.advantages, batch.returns, ppo_metrics = advantages_and_returns(
+            rewards.flatten(), batch.rollout_logps, batch.ref_logps, batch.old_values, batch.completion_mask,
+            kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, gamma=a.gamma, lam=a.lam,
+            whiten_advantages=a.whiten_advantages)
+        metrics.update(ppo_metrics)
     if keep.any():
         if not keep.all():
             batch = batch.select([i for i in range(len(samples)) if keep[i // a.group_size]])
         with timer("learner"):
-            metrics.update(roles.train(batch, step))
+            metrics.update(roles.train(batch, step, policy=step >= cfg.critic.warmup_steps))
     return metrics

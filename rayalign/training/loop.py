@@ -199,10 +199,12 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
 
 
 def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state: TrainerState, tokenizer,
-                     rank: int, run: dict, extra: dict[str, str] | None = None, head: str = "lm") -> Path | None:
+                     rank: int, run: dict, extra: dict[str, str] | None = None, head: str = "lm",
+                     dirs: dict[str, str] | None = None) -> Path | None:
     """Gather the full model and optimizer (collectives: every rank calls this) and write a checkpoint
-    into a fresh temporary directory on rank 0, with the ``extra`` files (name -> text), sealed with its
-    manifest last; returns it there (the caller moves or removes it)."""
+    into a fresh temporary directory on rank 0, with the ``extra`` files (name -> text) and the ``dirs``
+    (name -> a directory moved in, e.g. PPO's critic), sealed with its manifest last; returns it there (the
+    caller moves or removes it)."""
     model_state = sharding.full_model_state(model)
     optim_state = sharding.full_optimizer_state(model, optimizer)
     if rank != 0:
@@ -215,6 +217,8 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
     save_training_state(tmp, optim_state, scheduler, state)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text)
+    for name, directory in (dirs or {}).items():
+        shutil.move(directory, tmp / name)
     write_manifest(tmp, state, run)
     return tmp
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 from functools import partial
 from typing import Callable
 
@@ -49,17 +50,21 @@ def policy_loss(a: AlgorithmConfig, max_new_tokens: int) -> tuple[LossFn, str]:
         "dr_grpo": partial(P.dr_grpo_loss, max_len=max_new_tokens, **clip, **kl),
         "dapo": lambda logp, old, adv, mask, ref_logp=None: P.dapo_loss(logp, old, adv, mask, **clip),
         "gspo": partial(P.gspo_loss, **clip, **kl),
+        # ppo: the KL is in the per-token rewards (driver side), not the loss
+        "ppo": lambda logp, old, adv, mask, ref_logp=None: P.grpo_loss(logp, old, adv, mask, **clip,
+                                                                        loss_agg=a.loss_agg),
     }
     return table[a.name], "tokens" if a.loss_agg == "token-mean" else "sequences"
 
 
-def _trim(batch: RolloutBatch) -> RolloutBatch:
-    """Drop the padding columns no row of this micro batch uses."""
+def trim(batch: RolloutBatch) -> RolloutBatch:
+    """Drop the padding columns no row of this micro batch uses (from every per-token field)."""
     width = int(batch.attention_mask.sum(dim=1).max())
-    cut = {"input_ids": width, "attention_mask": width, "completion_mask": width - 1,
-           "rollout_logps": width - 1, "ref_logps": width - 1}
-    return RolloutBatch(**{k: (getattr(batch, k)[:, :w] if getattr(batch, k) is not None else None)
-                           for k, w in cut.items()}, advantages=batch.advantages, policy_version=batch.policy_version)
+    kept = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    for name, value in kept.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            kept[name] = value[:, :width if name in ("input_ids", "attention_mask") else width - 1]
+    return RolloutBatch(**kept)
 
 
 def plan(n: int, mini_batch_size: int | None, micro: int, seed: int, step: int, rank: int,
@@ -100,7 +105,7 @@ class PolicyLearner:
         old = torch.zeros_like(batch.rollout_logps)
         sums = {"mismatch_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
         for rows, real in micro_batches:
-            part = _trim(batch.select(rows)).to(self.device)
+            part = trim(batch.select(rows)).to(self.device)
             logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask, with_entropy=True)
             old[rows, :logp.shape[1]] = logp.cpu()
             if real:
@@ -153,7 +158,7 @@ class PolicyLearner:
         local = sum(self._units(batch.completion_mask[rows]) for rows, real in micro_batches if real)
         total = sharding.all_reduce_sum([local], self.device)[0]
         for i, (rows, real) in enumerate(micro_batches):
-            part = _trim(batch.select(rows)).to(self.device)
+            part = trim(batch.select(rows)).to(self.device)
             with sharding.gradient_sync(self.model, i == len(micro_batches) - 1):
                 logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask,
                                                  with_entropy=stats is not None)
@@ -185,11 +190,13 @@ class PolicyLearner:
             return part.advantages, {}
         weights, metrics = P.tis_weights(learner_logp, part.rollout_logps.to(learner_logp.dtype),
                                          part.completion_mask, cap, sequence=self.algorithm.name == "gspo")
-        advantages = part.advantages * weights if weights.dim() == 1 else part.advantages.unsqueeze(-1) * weights
-        return advantages, metrics
+        if weights.dim() == 1:  # gspo: one weight per sequence
+            return part.advantages * weights, metrics
+        per_token = part.advantages if part.advantages.dim() == 2 else part.advantages.unsqueeze(-1)
+        return per_token * weights, metrics
 
     def _ref_logps(self, part: RolloutBatch) -> torch.Tensor | None:
-        if self.algorithm.kl_coef == 0:
+        if self.algorithm.kl_coef == 0 or self.algorithm.name == "ppo":  # ppo: the KL is in the rewards
             return None
         if part.ref_logps is not None:
             return part.ref_logps

@@ -126,11 +126,11 @@ class LearnerWorker:
         return out, unique
 
     def save(self, directory: str, state: TrainerState, keep: int | None, run: dict,
-             extra: dict[str, str] | None = None) -> None:
+             extra: dict[str, str] | None = None, dirs: dict[str, str] | None = None) -> None:
         """Write checkpoint ``directory`` (atomically: the sealed temp dir is staged beside it and put in
-        place in one rename, ``outputs.staged``). A collective."""
+        place in one rename, ``outputs.staged``), with ``dirs`` moved into it. A collective."""
         tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
-                               self.learner.scheduler, state, self.tokenizer, self.rank, run, extra)
+                               self.learner.scheduler, state, self.tokenizer, self.rank, run, extra, dirs=dirs)
         if tmp is None:
             return
         target = Path(directory)

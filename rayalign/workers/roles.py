@@ -33,6 +33,7 @@ from rayalign.training.guards import NonFiniteError
 from rayalign.weight_sync import Synced, sync_weights
 from rayalign.placement import Placement
 from rayalign.workers.group import actor_names, answers, launch, spawn
+from rayalign.workers.critic import CRITIC, CriticWorker
 from rayalign.workers.learner import LearnerWorker
 from rayalign.workers.reference import ReferenceWorker
 from rayalign.workers.reward import RewardPool, Sample, Scored
@@ -57,6 +58,9 @@ class RLRoles:
         self.learned_unsynced, self.version = False, 0  # version: syncs so far (the fingerprint's probe)
         self.cfg, self.max_steps, self.learner_restarts, self.learners = cfg, max_steps, 0, []
         self.restored_state: TrainerState = self._start_learners(restored)
+        self.critics, self.critic_names = [], []
+        if cfg.algorithm.name == "ppo":
+            self._start_critics(restored)
         self.updates = self.restored_state.step  # the learners' optimizer steps (a step's updates count once)
         self.rollouts = rollouts_ready()
         self.reference, self.reference_names = None, actor_names(self.run, "reference", 1)
@@ -96,13 +100,38 @@ class RLRoles:
                                  for rank, learner in enumerate(self.learners)])
         return states[0]
 
+    def _start_critics(self, restored: str | None) -> None:
+        """PPO's critic group, from ``restored``'s critic/ or from ``critic.init`` (None: the policy)."""
+        cfg, c = self.cfg, self.cfg.critic
+        source = None
+        if restored is not None:
+            source = str(Path(restored) / CRITIC)
+            if not Path(source).is_dir():
+                raise RunError(f"{restored} holds no {CRITIC}/: it was not written by a ppo run; resume it with "
+                               "its own algorithm or start a new output_dir")
+        self.critic_names = actor_names(self.run, "critic", c.num_workers, restart=self.learner_restarts)
+        self.critics = spawn(CriticWorker, c.num_workers, role="critic", num_cpus=c.cpus_per_worker,
+                             num_gpus=self.placement.gpus("critic"), args=(c.num_workers, cfg.scaling),
+                             timeout_s=START_TIMEOUT_S, names=self.critic_names,
+                             placed=[self.placement.options("critic", i) for i in range(c.num_workers)])
+        address = ray.get(self.critics[0].rendezvous.remote())
+        model = cfg.model.model_copy(update={"name_or_path": c.init or cfg.model.name_or_path, "lora": None,
+                                             "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path})
+        training = cfg.training.model_copy(update={"learning_rate": c.learning_rate})
+        answers([critic.setup.remote(rank, address, model, training, cfg.algorithm, self.max_steps, source)
+                 for rank, critic in enumerate(self.critics)], self.critic_names, role="critic", phase="setup",
+                timeout_s=START_TIMEOUT_S)
+
     def rebuild_learners(self, restored: str | None) -> TrainerState:
-        """A learner died: the whole group (its collective is broken) is replaced, restored from
-        ``restored`` (the last checkpoint; None: the initial model), and the engines get its weights."""
-        for learner in self.learners:
-            ray.kill(learner)
+        """A learner or critic died: both groups (a collective is broken, and the critic must match the
+        policy's step) are replaced, restored from ``restored`` (the last checkpoint; None: the initial
+        model), and the engines get the policy's weights."""
+        for actor in self.learners + self.critics:
+            ray.kill(actor)
         self.learner_restarts += 1
         state = self._start_learners(restored)
+        if self.critics:
+            self._start_critics(restored)
         if self.rewards.models is not None:  # the steps after the checkpoint are taken again
             self.rewards.models.restore(restored)
         self.updates = state.step
@@ -164,16 +193,33 @@ class RLRoles:
         return lambda: answers([ref], self.reference_names, role="reference", phase="reference",
                                timeout_s=self.deadline.reference)[0]
 
-    def train(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+    def values(self, batch: RolloutBatch) -> Callable[[], torch.Tensor]:
+        """Starts the critic's values of ``batch`` (ppo); the returned call waits for them."""
+        refs = [critic.values.remote(batch) for critic in self.critics]
+        return lambda: answers(refs, self.critic_names, role="critic", phase="values",
+                               timeout_s=self.deadline.values)[0]
+
+    def train(self, batch: RolloutBatch, step: int, policy: bool = True) -> dict[str, float]:
+        """One step's updates of the learners and, for ppo, of the critic beside them (``policy`` False: the
+        critic's warm-up, the policy waits)."""
         ref = ray.put(batch)
-        self.learned_unsynced = True  # the learners are a step ahead of the step count until the sync
+        critic = [critic.train_step.remote(ref, step) for critic in self.critics]
+        metrics: dict[str, float] = {}
         try:
-            metrics = self._learners("train", self.deadline.train,
-                                     [learner.train_step.remote(ref, step) for learner in self.learners])[0]
-            self.updates += 1
-            return metrics
+            if policy:
+                self.learned_unsynced = True  # the learners are a step ahead of the step count until the sync
+                metrics = self._learners("train", self.deadline.train,
+                                         [learner.train_step.remote(ref, step) for learner in self.learners])[0]
         except NonFiniteError as exc:  # a run guard's stop, wrapped by Ray: keep its one line
             raise NonFiniteError(f"learner: {getattr(exc, 'cause', exc)}") from None
+        try:
+            if critic:
+                metrics.update(answers(critic, self.critic_names, role="critic", phase="train",
+                                       timeout_s=self.deadline.train)[0])
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"critic: {getattr(exc, 'cause', exc)}") from None
+        self.updates += 1  # the roles hold this step's state (a warm-up step leaves the policy as it was)
+        return metrics
 
     def _sync_into(self, rollouts: dict[int, object]) -> Synced:
         """The learners' current weights into ``rollouts`` (by index), verified at this sync's version."""
@@ -190,14 +236,20 @@ class RLRoles:
         """Checkpoint ``directory``; ``extra``: more files (name -> text) sealed into it with the rest, as are
         the reward models' running moments."""
         extra = {**(extra or {}), **(self.rewards.models.state() if self.rewards.models else {})} or None
+        dirs = None
+        if self.critics:  # staged beside the checkpoint, then moved into it before the learners seal it
+            staging = str(Path(directory).with_name(f".{Path(directory).name}.{CRITIC}"))
+            answers([critic.save.remote(staging, state, keep, run) for critic in self.critics], self.critic_names,
+                    role="critic", phase="save", timeout_s=self.deadline.save)
+            dirs = {CRITIC: staging}
         self._learners("save", self.deadline.save,
-                       [learner.save.remote(directory, state, keep, run, extra) for learner in self.learners])
+                       [learner.save.remote(directory, state, keep, run, extra, dirs) for learner in self.learners])
 
     def shutdown(self) -> None:
         self.rewards.shutdown()
         if self.judge_cfg is not None:
             release(self.judge_cfg)
         stop(self.rollouts)
-        for actor in self.learners + ([self.reference] if self.reference else []):
+        for actor in self.learners + self.critics + ([self.reference] if self.reference else []):
             ray.kill(actor)
         self.placement.remove()
