@@ -187,7 +187,8 @@ def _train(roles: RLRoles, cfg: RecipeConfig, prompts: list[dict], max_steps: in
                                    f"(training.max_failures={t.max_failures})", "learner") from None
                 last = checkpoints(out)
                 limit = "no limit" if t.max_failures < 0 else f"of at most {t.max_failures}"
-                tqdm.write(f"{exc}; rebuilding the learners from {last[-1].name if last else 'the initial model'} "
+                groups = "the learners and the critic" if roles.critics else "the learners"
+                tqdm.write(f"{exc}; rebuilding {groups} from {last[-1].name if last else 'the initial model'} "
                            f"(restart {roles.learner_restarts + 1}, {limit})")
                 state = roles.rebuild_learners(str(last[-1]) if last else None)
                 if schedule is not None:
