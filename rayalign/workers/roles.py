@@ -1,5 +1,6 @@
 """The online-RL roles as one object the driver talks to: rollout workers, the learner group, the
-reference, the reward pool. Each method is one phase of a step, a typed call on the right actors.
+reference, the reward pool (with the reward models' actors) and, for PPO, the critic group. Each method is
+one phase of a step, a typed call on the right actors.
 
 Before any actor starts, the roles' resource asks are added up against the cluster and reserved as one
 placement group (``placement.py``): Ray would queue an actor that does not fit and wait forever, so a
