@@ -44,6 +44,7 @@ def split_pairs(pairs: Path, out: Path, held: float = 0.1, seed: int = 0) -> tup
     random.Random(seed).shuffle(rows)
     cut = max(1, int(len(rows) * held))
     paths = out / "data" / "rm_train.jsonl", out / "data" / "rm_held_out.jsonl"
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     paths[0].write_text("\n".join(rows[cut:]) + "\n")
     paths[1].write_text("\n".join(rows[:cut]) + "\n")
     return paths

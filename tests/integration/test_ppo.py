@@ -54,9 +54,11 @@ def test_ppo_trains_actor_and_critic_and_resumes_exactly(ray_local, tiny_model_d
     assert all(torch.allclose(trained[k], resumed_critic[k], atol=1e-6) for k in trained)
 
 
-def test_a_killed_critic_is_rebuilt_with_the_learners_from_the_last_checkpoint(tiny_model_dir, tmp_path):
+def test_a_killed_critic_is_rebuilt_with_the_learners_from_the_last_checkpoint(tiny_model_dir, tiny_reward_model_dir,
+                                                                               tmp_path):
     """The critic's fault handling is the learner's: its process killed mid-run, both groups are rebuilt from the
-    last checkpoint (the critic must match the policy's step) and the run finishes, every step logged once."""
+    last checkpoint (the critic must match the policy's step) and the run finishes, every step logged once. The
+    critic starts from a reward model here (``critic.init``)."""
     import subprocess
 
     import psutil
@@ -68,7 +70,7 @@ def test_a_killed_critic_is_rebuilt_with_the_learners_from_the_last_checkpoint(t
     cfg = ppo_recipe(tiny_model_dir, prompt_file(tmp_path), "out", max_steps=6, save_steps=2, logging_steps=1,
                      max_failures=1)
     d = cfg.model_dump(mode="json")
-    d["critic"].update(num_workers=1, cpus_per_worker=0.5, warmup_steps=0)
+    d["critic"].update(num_workers=1, cpus_per_worker=0.5, warmup_steps=0, init=str(tiny_reward_model_dir))
     d["reward"]["functions"] = [{"name": "boxed_answer"}, {"name": "format_regex"}]  # built in: the CLI imports them
     path = tmp_path / "ppo.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
