@@ -6,7 +6,7 @@ GRPO on the task's rule reward over the same number of samples.
 1. SFT model, on-policy pairs and GRPO: ``--reuse`` takes them from a finished ``make quickstart`` directory (its
    sft/final, data/letter_count_pairs.jsonl, grpo/); without it they are made here as the quickstart makes them;
 2. a reward model (configs/recipes/tiny/reward_model.yaml) on 90% of the pairs; its pair accuracy on the other
-   10% (``rayalign score``), beside chance and the best one-line rule (the longer answer wins);
+   10% (``rayalign score``), beside chance and the best one-line rule (longer / shorter / higher or lower count);
 3. PPO (configs/recipes/tiny/ppo.yaml): the reward model as the only reward (normalised), the critic started
    from it, the KL to the SFT model folded into the per-token rewards; as many steps x samples as GRPO had;
 4. each model on the quickstart's 200 held-out prompts, by the task's checker, beside the best constant answer;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import time
@@ -50,11 +51,24 @@ def split_pairs(pairs: Path, out: Path, held: float = 0.1, seed: int = 0) -> tup
     return paths
 
 
-def longer_wins(path: Path) -> float:
-    """The best one-line rule on these pairs: the longer (or the shorter) answer is the chosen one."""
+def _text(value) -> str:
+    return value if isinstance(value, str) else " ".join(m.get("content", "") for m in value)
+
+
+def best_rule(path: Path) -> tuple[str, float]:
+    """The best one-line rule on these pairs, as a reward model's floor: the longer or the shorter answer, the
+    higher or the lower \\boxed{} count wins (a tie is a coin flip: half)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows) / len(rows)
-    return max(longer, sum(len(r["chosen"]) < len(r["rejected"]) for r in rows) / len(rows))
+
+    def count(value) -> int:
+        found = re.findall(r"\\boxed\{(\d+)\}", _text(value))
+        return int(found[-1]) if found else -1
+
+    rules = {"longer wins": lambda v: len(_text(v)), "shorter wins": lambda v: -len(_text(v)),
+             "higher count wins": count, "lower count wins": lambda v: -count(v)}
+    shares = {name: sum(1.0 if f(r["chosen"]) > f(r["rejected"]) else 0.5 if f(r["chosen"]) == f(r["rejected"])
+                        else 0.0 for r in rows) / len(rows) for name, f in rules.items()}
+    return max(shares.items(), key=lambda kv: kv[1])
 
 
 def starting_point(args: argparse.Namespace, out: Path) -> tuple[Path, Path, Path, dict[str, float]]:
@@ -98,8 +112,9 @@ def rlhf(args: argparse.Namespace, out: Path) -> tuple[dict, dict[str, float]]:
     seconds["reward_model"] = time.time() - start
     scored = score_file(lambda: ScoreModel(str(rm), max_length=128, batch_size=64), rm_held,
                         out / "data" / "rm_held_out_scored.jsonl", print)
+    rule, share = best_rule(rm_held)
     rm_report = {"held_out_pairs": int(scored["rows"]), "pair_accuracy": scored["pair_accuracy"], "chance": 0.5,
-                 "best_length_rule": longer_wins(rm_held)}
+                 "best_rule": rule, "best_rule_accuracy": share}
 
     print("[PPO with the reward model as the only reward]")
     ppo_cfg = load_config(RECIPES / "ppo.yaml")
@@ -122,7 +137,7 @@ def table(report: dict, seconds: dict[str, float]) -> str:
     lines = [f"held-out letter counting, {r['sft']['n']} prompts on unseen words; best constant answer: "
              f"{r['sft']['best_constant']:.1%}", "",
              f"reward model: pair accuracy {rm['pair_accuracy']:.1%} on {rm['held_out_pairs']} held-out pairs "
-             f"(chance 50%, best length rule {rm['best_length_rule']:.1%})", "",
+             f"(chance 50%, best one-line rule '{rm['best_rule']}' {rm['best_rule_accuracy']:.1%})", "",
              "| model | reward | samples | greedy | sampled (T=1) | greedy by count 0 / 1 / 2 / 3 | stage time |",
              "|---|---|---|---|---|---|---|"]
     rewards = {"sft": "-", "grpo": "rule (count + trace)", "ppo": "reward model only"}
@@ -140,7 +155,7 @@ def picture(out: Path, report: dict) -> Path:
     plots.reward_curve(read_metrics(out / "ppo"), out / "ppo_reward.png", "PPO: reward-model reward (normalised)")
     plots.reward_curve(read_metrics(Path(report["grpo_dir"])), out / "grpo_reward.png", "GRPO: rule reward")
     return plots.results_bars(report["held_out"], ("accuracy", "sampled_accuracy"), out / "rlhf.png",
-                              "held-out letter counting: SFT, GRPO (rule reward), PPO (reward model)", baseline=best)
+                              "held-out letter counting (unseen words)", baseline=best)
 
 
 def main(argv: list[str] | None = None) -> dict:
