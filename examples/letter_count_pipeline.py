@@ -119,9 +119,10 @@ WRITES = ("tiny-model", "data", "sft", "grpo", "dpo", "eval", "compare.jsonl", "
           "grpo_reward.png", "dpo_curves.png", "results.png")  # what a run puts in --out; --overwrite removes only these
 
 
-def prepare(args: argparse.Namespace) -> Path:
+def prepare(args: argparse.Namespace, writes: tuple[str, ...] = WRITES) -> Path:
+    """``args.out`` resolved, with an earlier run's ``writes`` removed when ``args.overwrite`` (else exit)."""
     out = Path(args.out).resolve()
-    earlier = [out / name for name in WRITES if (out / name).exists()]
+    earlier = [out / name for name in writes if (out / name).exists()]
     if earlier and not args.overwrite:
         sys.exit(f"error: {out} holds an earlier run; pass --overwrite to replace it, or --out elsewhere")
     for path in earlier:

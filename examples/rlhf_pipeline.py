@@ -19,7 +19,6 @@ import argparse
 import json
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from letter_count_pipeline import HELD_OUT, held_out_accuracy, make_files, on_policy_pairs, train  # noqa: E402
+from letter_count_pipeline import (HELD_OUT, held_out_accuracy, make_files, on_policy_pairs, prepare,  # noqa: E402
+                                   train)
 from quickstart import RECIPES  # noqa: E402
 
 from rayalign import plots  # noqa: E402
@@ -165,12 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reuse", default=None, help="a finished `make quickstart` directory (SFT, pairs, GRPO)")
     parser.add_argument("--held-out", type=int, default=HELD_OUT["num_samples"])
     args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
-    earlier = [out / name for name in WRITES if (out / name).exists()]
-    if earlier and not args.overwrite:
-        sys.exit(f"error: {out} holds an earlier run; pass --overwrite to replace it")
-    for path in earlier:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out = prepare(args, WRITES)
     began = time.time()
     own_ray = not ray.is_initialized()
     if own_ray:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from rayalign.config import ModelConfig
-from rayalign.data.collate import tokenize_scored
+from rayalign.data.collate import pad_pairs, tokenize_scored
 from rayalign.models.checks import check_score_model
 from rayalign.models.loading import load_model, load_tokenizer
 
@@ -31,11 +31,8 @@ class ScoreModel:
         ids = [tokenize_scored(self.tokenizer, prompt, completion, self.max_length) for prompt, completion in pairs]
         out: list[float] = []
         for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start:start + self.batch_size]
-            tokens = torch.full((len(chunk), max(len(x) for x in chunk)), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(tokens)
-            for i, x in enumerate(chunk):  # right-padded: the head reads each row's last non-padding token
-                tokens[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+            # right-padded: the head reads each row's last non-padding token
+            tokens, mask, _ = pad_pairs([(x, []) for x in ids[start:start + self.batch_size]], self.tokenizer.pad_token_id)
             logits = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device)).logits
             out += logits[:, 0].float().cpu().tolist()
         return out
