@@ -61,9 +61,9 @@ def standalone(inputs: dict, cfg) -> dict:
     torch.set_num_threads(cfg.scaling.torch_threads)
     batch = collate_rollout([(p, c.token_ids, c.logprobs) for p, g in zip(prompts, groups) for c in g],
                             torch.randn(PROMPTS * GROUP), tokenizer.pad_token_id)
-    model, optimizer, scheduler, _ = build_trainable(cfg.model, cfg.training, "fsdp", 100, None, torch.device("cpu"))
-    learner = PolicyLearner(model, optimizer, scheduler, cfg.algorithm, NEW_TOKENS, cfg.training.micro_batch_size,
-                            1.0, 0, torch.device("cpu"))
+    strategy, _ = build_trainable(cfg.model, cfg.training, cfg.scaling, 100, None, torch.device("cpu"))
+    learner = PolicyLearner(strategy, cfg.algorithm, NEW_TOKENS, cfg.training.micro_batch_size, 1.0, 0,
+                            torch.device("cpu"))
     learn_s, _ = median_time(lambda: learner.train_step(batch, 0))
     return {"generate_s": gen_s, "generate_tokens_per_s": tokens / gen_s, "learner_s": learn_s,
             "floor_s": gen_s + learn_s}

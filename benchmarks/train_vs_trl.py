@@ -6,7 +6,8 @@
 Throughput = mean non-padding tokens per sequence x global batch / median step time (steps after the
 first 3, so model load, Ray start-up and the reference pass are excluded for both). Configurations:
 rayalign 1 Ray Train worker x 2 torch threads vs TRL with 2 threads (equal threads), and rayalign
-2 workers x 1 thread (FSDP2 over gloo: on 2 cores it shows the communication overhead). ``--gpu``: only
+2 workers x 1 thread, FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 (over gloo: on 2 cores it shows the communication
+overhead), with each 2-worker run's peak resident memory per worker process (psutil, sampled every 0.2 s). ``--gpu``: only
 rayalign, one Ray Train worker on one GPU (nccl), same model, data and batch (TRL is not timed there).
 TRL's DPO runs with precompute_ref_log_probs=True, like rayalign's default, so neither pays a
 reference forward per step. Run by hand; results go to the README.
@@ -43,7 +44,33 @@ def make_inputs(root: Path) -> dict:
     return {"model": model, **files}
 
 
-def rayalign_run(inputs, trainer, steps, workers, threads, out, use_gpu=False) -> float:
+class _PeakRSS:
+    """Peak resident memory of each Ray Train worker process (MiB by pid), sampled every 0.2 s."""
+
+    def __init__(self):
+        import threading
+
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self):
+        import psutil
+
+        while not self._stop.wait(0.2):
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["memory_info"]:
+                    self.peaks[p.pid] = max(self.peaks.get(p.pid, 0.0), p.info["memory_info"].rss / 2**20)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peaks.values(), default=0.0)
+
+
+def rayalign_run(inputs, trainer, steps, workers, threads, out, use_gpu=False, strategy="fsdp",
+                 zero_stage=2, memory: dict | None = None) -> float:
     from rayalign.metrics import read_metrics
     from rayalign.recipes.ray_train import run
 
@@ -53,8 +80,13 @@ def rayalign_run(inputs, trainer, steps, workers, threads, out, use_gpu=False) -
         "data": {"train": {"format": fmt, "datasets": [{"path": str(inputs[fmt])}], "max_length": MAX_LEN}},
         "training": {"output_dir": str(out), "learning_rate": 1e-4, "micro_batch_size": BATCH // workers,
                      "max_steps": steps, "save_steps": 10_000},
-        "scaling": {"num_workers": workers, "cpus_per_worker": 1, "torch_threads": threads, "use_gpu": use_gpu}})
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1, "torch_threads": threads, "use_gpu": use_gpu,
+                    "strategy": strategy, **({"deepspeed": {"zero_stage": zero_stage}} if strategy == "deepspeed"
+                                             else {})}})
+    rss = _PeakRSS()
     run(cfg, echo=lambda *_: None)
+    if memory is not None:
+        memory[out.name] = rss.stop()
     rows = read_metrics(out)[SKIP:]
     return statistics.median(r["step_time_s"] for r in rows)
 
@@ -138,14 +170,19 @@ def main() -> None:
         root = Path(tmp)
         inputs = make_inputs(root)
         for trainer in ("sft", "dpo"):
-            tokens = tokens_per_batch(inputs, trainer)
+            tokens, memory = tokens_per_batch(inputs, trainer), {}
             times = {
                 "trl_2threads": trl_run(inputs, trainer, args.steps, root / f"trl_{trainer}"),
                 "rayalign_1x2": rayalign_run(inputs, trainer, args.steps, 1, 2, root / f"ra1_{trainer}"),
-                "rayalign_2x1": rayalign_run(inputs, trainer, args.steps, 2, 1, root / f"ra2_{trainer}"),
+                "rayalign_2x1": rayalign_run(inputs, trainer, args.steps, 2, 1, root / f"ra2_{trainer}",
+                                             memory=memory),
+                "rayalign_2x1_zero2": rayalign_run(inputs, trainer, args.steps, 2, 1, root / f"ra2_{trainer}_zero2",
+                                                   strategy="deepspeed", zero_stage=2, memory=memory),
+                "rayalign_2x1_zero3": rayalign_run(inputs, trainer, args.steps, 2, 1, root / f"ra2_{trainer}_zero3",
+                                                   strategy="deepspeed", zero_stage=3, memory=memory),
             }
             tps = {k: tokens / v for k, v in times.items()}
-            results[trainer] = {"tokens_per_s": tps, "median_step_s": times,
+            results[trainer] = {"tokens_per_s": tps, "median_step_s": times, "peak_rss_mib_per_rank": dict(memory),
                                 "ratio_1x2_vs_trl": tps["rayalign_1x2"] / tps["trl_2threads"],
                                 "ratio_2x1_vs_trl": tps["rayalign_2x1"] / tps["trl_2threads"]}
             print(f"{trainer}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in tps.items())

@@ -5,7 +5,8 @@ Layout of one checkpoint (a Ray Train ``Checkpoint`` directory, persisted under
 
     model/              save_pretrained output (safetensors + config + tokenizer); for LoRA the adapter
     model/merged/       LoRA only, when model.lora.save_merged: the merged full model (vLLM-loadable)
-    optimizer.pt        the full (unsharded) optimizer state
+    optimizer.pt        fsdp / ddp: the full (unsharded) optimizer state
+    deepspeed/          deepspeed: the engine's own checkpoint (every rank's ZeRO shard), training/zero.py
     scheduler.pt        the lr scheduler state
     trainer_state.json  {"step", "samples_seen", "epoch"}: the data position
     checkpoint.json     written last: the size of every file above and the run it belongs to (trainer,
@@ -61,8 +62,8 @@ def save_model_dir(path: Path, model: torch.nn.Module, state_dict: dict, tokeniz
         tokenizer.save_pretrained(path / "merged")
 
 
-def save_training_state(path: Path, optimizer_state: dict, scheduler, state: TrainerState) -> None:
-    torch.save(optimizer_state, path / OPTIMIZER)
+def save_training_state(path: Path, scheduler, state: TrainerState) -> None:
+    """The schedule and the data position (the optimizer's state is the strategy's: ``training/sharding.py``)."""
     torch.save(scheduler.state_dict(), path / SCHEDULER)
     (path / STATE).write_text(json.dumps(asdict(state)))
 
@@ -111,15 +112,16 @@ def read_state(path: str | Path) -> TrainerState:
         raise CheckpointError(f"{file}: cannot read the trainer state ({type(exc).__name__}: {exc})") from None
 
 
-def load_training_state(path: str | Path) -> tuple[dict, dict, TrainerState]:
-    """(full optimizer state, scheduler state, trainer state) of a checkpoint directory. The two .pt files
-    are read with ``weights_only=True``: tensors and plain containers only, so a tampered file cannot run
-    code (a pickled ``__reduce__`` payload is refused)."""
+def load_training_state(path: str | Path) -> tuple[dict, TrainerState]:
+    """(scheduler state, trainer state) of a checkpoint directory. Our .pt files (this one and the torch
+    strategies' optimizer.pt) are read with ``weights_only=True`` (``load_tensors``)."""
     path = Path(path)
-    return _load_tensors(path / OPTIMIZER), _load_tensors(path / SCHEDULER), read_state(path)
+    return load_tensors(path / SCHEDULER), read_state(path)
 
 
-def _load_tensors(file: Path) -> dict:
+def load_tensors(file: Path) -> dict:
+    """Tensors and plain containers only, so a tampered file cannot run code (a pickled ``__reduce__``
+    payload is refused)."""
     try:
         return torch.load(file, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -110,12 +110,32 @@ class TrainingConfig(Section):
                               "workers; GRPO's learner group); -1 = no limit")
 
 
+class DeepSpeedSection(Section):
+    zero_stage: Literal[1, 2, 3] = Field(2, description="ZeRO stage: 1 shards the optimizer state, 2 also the "
+                                         "gradients, 3 also the parameters")
+    offload_optimizer: bool = Field(False, description="keep the optimizer state in CPU memory (DeepSpeedCPUAdam)")
+    offload_params: bool = Field(False, description="ZeRO-3: keep the parameters in CPU memory between uses")
+
+
 class ScalingConfig(Section):
     num_workers: int = Field(1, gt=0, description="Ray Train workers (one torch.distributed rank each)")
     use_gpu: bool = Field(False, description="one GPU per worker, nccl backend; else CPU with gloo")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker")
-    strategy: Literal["fsdp", "ddp"] = Field("fsdp", description="fsdp = FSDP2 fully_shard; ddp")
+    strategy: Literal["fsdp", "ddp", "deepspeed"] = Field(
+        "fsdp", description="fsdp = FSDP2 fully_shard; ddp; deepspeed = DeepSpeed ZeRO (scaling.deepspeed)")
+    deepspeed: DeepSpeedSection = Field(default_factory=lambda: DeepSpeedSection(),
+                                        description="strategy deepspeed: ZeRO stage and offload")
+    deepspeed_config: str | dict | None = Field(
+        None, description="strategy deepspeed: a DeepSpeed JSON file (or its content inline) merged under the typed "
+        "fields; a key both set must agree (\"auto\" takes the recipe's)")
+
+    @model_validator(mode="after")
+    def _deepspeed_fields_need_deepspeed(self) -> "ScalingConfig":
+        used = sorted({"deepspeed", "deepspeed_config"} & self.model_fields_set)
+        if self.strategy != "deepspeed" and used and (self.deepspeed_config or self.deepspeed != DeepSpeedSection()):
+            raise ValueError(f"{used[0]} is set but strategy is {self.strategy}; set strategy: deepspeed")
+        return self
 
 
 class PreferenceConfig(Section):

@@ -4,6 +4,7 @@ absolute and refuse a step larger than the data (the output directory's rules li
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rayalign.config import RecipeConfig
@@ -54,4 +55,31 @@ def local_paths(cfg: RecipeConfig) -> RecipeConfig:
     init = cfg.critic.init
     critic = cfg.critic.model_copy(update={"init": str(Path(init).resolve()) if init and Path(init).exists() else init})
     return cfg.model_copy(update={"model": cfg.model.model_copy(update=update), "critic": critic,
-                                  "reward": cfg.reward.model_copy(update={"models": models})})
+                                  "reward": cfg.reward.model_copy(update={"models": models}),
+                                  "scaling": _deepspeed_inlined(cfg)})
+
+
+def _deepspeed_inlined(cfg: RecipeConfig):
+    """``scaling`` with a ``deepspeed_config`` file read into the config (workers on other nodes need no file),
+    and the DeepSpeed config it makes checked against the recipe now, before anything starts."""
+    s = cfg.scaling
+    if s.strategy != "deepspeed":
+        return s
+    if isinstance(s.deepspeed_config, str):
+        path = Path(s.deepspeed_config)
+        try:
+            content = json.loads(path.read_text())
+        except OSError as exc:
+            raise UserError(f"scaling.deepspeed_config: cannot read {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"scaling.deepspeed_config: {path}:{exc.lineno}: not JSON: {exc.msg}") from None
+        if not isinstance(content, dict):
+            raise UserError(f"scaling.deepspeed_config: {path}: a JSON object was expected")
+        s = s.model_copy(update={"deepspeed_config": content})
+    from rayalign.training.rl_step import micro_batches_per_update
+    from rayalign.training.zero import ds_config
+
+    accumulation = (micro_batches_per_update(cfg.algorithm, cfg.training, s.num_workers) if cfg.trainer == "grpo"
+                    else cfg.training.gradient_accumulation_steps)
+    ds_config(s, cfg.training, accumulation, cfg.model.dtype)
+    return s

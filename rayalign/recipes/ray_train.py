@@ -143,8 +143,7 @@ def _launch(cfg: RecipeConfig, c: Claim, train_rows, eval_rows, max_steps: int, 
          + (f", resuming after step {c.state.step}" if c.state else ""))
     s = cfg.scaling
     spec = LoopSpec(trainer=cfg.trainer, model=cfg.model, training=cfg.training.model_copy(update={"output_dir": str(out)}),
-                    preference=cfg.preference, strategy=s.strategy, use_gpu=s.use_gpu,
-                    torch_threads=s.torch_threads, max_steps=max_steps, train_rows=[],
+                    preference=cfg.preference, scaling=s, max_steps=max_steps, train_rows=[],
                     shuffle=cfg.data.train.shuffle, run=c.run, report_logged=reporter is not None)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -23,9 +23,9 @@ from rayalign.training.rl_step import plan, trim
 
 
 class CriticLearner:
-    def __init__(self, model, optimizer, scheduler, algorithm: AlgorithmConfig, micro_batch_size: int,
+    def __init__(self, strategy: sharding.Strategy, algorithm: AlgorithmConfig, micro_batch_size: int,
                  max_grad_norm: float | None, seed: int, device: torch.device):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.strategy, self.model = strategy, strategy.model
         self.algorithm, self.micro, self.max_grad_norm, self.seed, self.device = (
             algorithm, micro_batch_size, max_grad_norm, seed, device)
 
@@ -33,7 +33,7 @@ class CriticLearner:
         """[n, L-1] the head's output at every position but the last (the head's forward, caught on its way
         to the classifier's pooling)."""
         caught: list[torch.Tensor] = []
-        head = sharding.unwrap(self.model).score
+        head = self.strategy.module.score
         handle = head.register_forward_hook(lambda module, args, out: caught.append(out))
         try:
             self.model(input_ids=part.input_ids, attention_mask=part.attention_mask, use_cache=False)
@@ -70,7 +70,7 @@ class CriticLearner:
         reduced = sharding.all_reduce_sum([sums[k] for k in keys], self.device)
         out = {f"critic/{k}" if k == "grad_norm" else k: v / updates for k, v in zip(keys, reduced)}
         out["critic/grad_norm"] /= world  # every rank reports the same global norm
-        return {**out, "critic/lr": self.scheduler.get_last_lr()[0], "critic_step_s": time.perf_counter() - start}
+        return {**out, "critic/lr": self.strategy.lr(), "critic_step_s": time.perf_counter() - start}
 
     def _update(self, batch: RolloutBatch, micro_batches, sums: dict, step: int) -> None:
         world = sharding.world()[1]
@@ -78,17 +78,13 @@ class CriticLearner:
         total = sharding.all_reduce_sum([local], self.device)[0]
         for i, (rows, real) in enumerate(micro_batches):
             part = trim(batch.select(rows)).to(self.device)
-            with sharding.gradient_sync(self.model, i == len(micro_batches) - 1):
+            with self.strategy.accumulate(last=i == len(micro_batches) - 1):
                 values = self._values(part)
                 loss, metrics = value_loss(values, part.old_values, part.returns, part.completion_mask,
                                            self.algorithm.value_clip)
                 weight = float(part.completion_mask.sum()) / max(total, 1e-9) if real else 0.0
-                (loss * weight * world).backward()
+                self.strategy.backward(loss * weight * world)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
-        grad_norm = sharding.clip_grad_norm(self.model, self.max_grad_norm)
-        guards.check_step(step, grad_norm=grad_norm)
+        grad_norm = self.strategy.step(self.max_grad_norm, lambda norm: guards.check_step(step, grad_norm=norm))
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)

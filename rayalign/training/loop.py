@@ -28,7 +28,7 @@ from transformers import get_scheduler
 
 from rayalign.checkpoint import (MODEL, TrainerState, load_training_state, save_model_dir, save_training_state,
                                  write_manifest)
-from rayalign.config import ModelConfig, PreferenceConfig, TrainingConfig
+from rayalign.config import ModelConfig, PreferenceConfig, ScalingConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
 from rayalign.models.loading import head_of, load_model, load_tokenizer, load_trainable
 from rayalign.training import guards, precision, sharding
@@ -43,9 +43,7 @@ class LoopSpec:
     model: ModelConfig
     training: TrainingConfig
     preference: PreferenceConfig
-    strategy: str
-    use_gpu: bool
-    torch_threads: int | None
+    scaling: ScalingConfig  # the strategy (a DeepSpeed JSON already inlined), devices, threads
     max_steps: int
     train_rows: list[dict]
     eval_rows: list[dict] | None = None
@@ -71,24 +69,38 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, strategy: str, max_steps: int,
-                    restored: str | None, device: torch.device, head: str = "lm"):
-    """(wrapped model, AdamW, lr scheduler, TrainerState), restored from a checkpoint dir when given."""
+def build_trainable(model_cfg: ModelConfig, t: TrainingConfig, scaling: ScalingConfig, max_steps: int,
+                    restored: str | None, device: torch.device, head: str = "lm",
+                    accumulation: int | None = None) -> tuple[sharding.Strategy, TrainerState]:
+    """The model wrapped by ``scaling.strategy`` with its AdamW and lr scheduler, and the TrainerState;
+    restored from a checkpoint dir when given. ``accumulation``: micro batches per optimizer step on each
+    rank (DeepSpeed's config; default ``t.gradient_accumulation_steps``)."""
     torch.manual_seed(t.seed)  # LoRA and a fresh score head must start the same on every rank
     model = load_trainable(model_cfg, str(Path(restored) / MODEL) if restored else None, head)
     model.train()
-    model = sharding.wrap(precision.apply(model, t.mixed_precision, device), strategy, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
-                                  weight_decay=t.weight_decay)
-    scheduler = get_scheduler(_SCHEDULERS[t.lr_scheduler], optimizer, num_warmup_steps=t.warmup_steps,
-                              num_training_steps=max_steps)
+    model = precision.apply(model, t.mixed_precision, device)
+
+    def schedule(optimizer):
+        return get_scheduler(_SCHEDULERS[t.lr_scheduler], optimizer, num_warmup_steps=t.warmup_steps,
+                             num_training_steps=max_steps)
+
+    if scaling.strategy == "deepspeed":
+        from rayalign.training.zero import DeepSpeedStrategy, ds_config
+
+        config = ds_config(scaling, t, accumulation or t.gradient_accumulation_steps, model_cfg.dtype)
+        strategy: sharding.Strategy = DeepSpeedStrategy(model, config, schedule, device)
+    else:
+        strategy = sharding.wrap_torch(model, scaling.strategy, device)
+        optimizer = torch.optim.AdamW([p for p in strategy.model.parameters() if p.requires_grad],
+                                      lr=t.learning_rate, weight_decay=t.weight_decay)
+        strategy.attach(optimizer, schedule(optimizer))
     state = TrainerState()
     if restored:
-        opt_state, sched_state, state = load_training_state(restored)
-        sharding.load_optimizer_state(model, optimizer, opt_state)
-        scheduler.load_state_dict(sched_state)
-        configured_learning_rate(optimizer, scheduler, t.learning_rate)
-    return model, optimizer, scheduler, state
+        sched_state, state = load_training_state(restored)
+        strategy.load_optimizer(Path(restored))
+        strategy.scheduler.load_state_dict(sched_state)
+        configured_learning_rate(strategy.optimizer, strategy.scheduler, t.learning_rate)
+    return strategy, state
 
 
 def configured_learning_rate(optimizer, scheduler, lr: float) -> None:
@@ -118,13 +130,13 @@ def _reference(spec: LoopSpec, device: torch.device):
 
 def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     """Run (or continue) training to ``spec.max_steps`` or this launch's ``stop_after_steps``."""
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
+    if spec.scaling.torch_threads:
+        torch.set_num_threads(spec.scaling.torch_threads)
     rank, world = sharding.world()
-    device = _device(spec.use_gpu)
+    device = _device(spec.scaling.use_gpu)
     t = spec.training
-    model, optimizer, scheduler, state = build_trainable(spec.model, t, spec.strategy, spec.max_steps,
-                                                         hooks.restored, device, head_of(spec.trainer))
+    strategy, state = build_trainable(spec.model, t, spec.scaling, spec.max_steps, hooks.restored, device,
+                                      head_of(spec.trainer))
     tokenizer = load_tokenizer(spec.model)
     objective = make_objective(spec.trainer, spec.preference, _reference(spec, device), device)
     order = DataOrder(len(spec.train_rows), t.micro_batch_size * t.gradient_accumulation_steps * world,
@@ -137,14 +149,13 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     while state.step < stop_at:
         torch.manual_seed(t.seed * 1_000_003 + state.step * 1009 + rank)
         batches = step_micro_batches(spec, order, state.step, rank, world, tokenizer.pad_token_id)
-        metrics = _optimizer_step(model, objective, batches, optimizer, scheduler, t.max_grad_norm, device,
-                                  state.step + 1)
+        metrics = _optimizer_step(strategy, objective, batches, t.max_grad_norm, device, state.step + 1)
         state.step += 1
         state.samples_seen += order.global_batch
         state.epoch = state.samples_seen / order.n
         metrics["epoch"] = state.epoch
         if spec.eval_rows and (state.step == spec.max_steps or (t.eval_steps and state.step % t.eval_steps == 0)):
-            metrics.update(evaluate(model, objective, spec.eval_rows, t.micro_batch_size, rank, world,
+            metrics.update(evaluate(strategy.model, objective, spec.eval_rows, t.micro_batch_size, rank, world,
                                     tokenizer.pad_token_id, spec.trainer, device))
         stopping = bool(sharding.all_reduce_sum([float(hooks.stop_requested())], device)[0])  # every rank agrees
         if log and (state.step % t.logging_steps == 0 or state.step == stop_at or stopping):
@@ -153,7 +164,7 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
             bar.set_description(f"train loss {metrics['loss']:.4f}")
             bar.update(1)
         if state.step == stop_at or stopping or (t.save_steps and state.step % t.save_steps == 0):
-            _save(spec, model, optimizer, scheduler, state, tokenizer, hooks, metrics, rank)
+            _save(spec, strategy, state, tokenizer, hooks, metrics, rank)
         elif spec.report_logged and state.step % t.logging_steps == 0:  # a sweep's trial: every logged step
             hooks.report(_reported(state, metrics), None, "")
         if stopping:
@@ -165,10 +176,10 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     return state
 
 
-def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, max_grad_norm, device,
+def _optimizer_step(strategy: sharding.Strategy, objective: Objective, batches, max_grad_norm, device,
                     step: int) -> dict:
     """Optimizer step ``step`` over this worker's micro batches; metrics averaged over all workers. A
-    non-finite loss or gradient norm stops the run before the update (``guards``)."""
+    non-finite loss or gradient norm stops the run before the update (``guards``; DeepSpeed: the norm after)."""
     start = time.perf_counter()
     units = sum(objective.units(b) for b in batches)
     total_units = sharding.all_reduce_sum([units], device)[0]
@@ -176,45 +187,43 @@ def _optimizer_step(model, objective: Objective, batches, optimizer, scheduler, 
     loss_sum, tokens, sums = 0.0, 0.0, {}
     for i, batch in enumerate(batches):
         batch = batch.to(device)
-        with sharding.gradient_sync(model, i == len(batches) - 1):
-            loss, metrics = objective.loss(model, batch)
-            (loss * world / total_units).backward()
+        with strategy.accumulate(last=i == len(batches) - 1):
+            loss, metrics = objective.loss(strategy.model, batch)
+            strategy.backward(loss * world / total_units)
         loss_sum += loss.item()
         tokens += float(batch.attention_mask.sum())
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + value / len(batches)
-    lr = scheduler.get_last_lr()[0]
-    grad_norm = sharding.clip_grad_norm(model, max_grad_norm)
+    lr = strategy.lr()
     keys = sorted(sums)
     reduced = sharding.all_reduce_sum([loss_sum, tokens] + [sums[k] for k in keys], device)
-    guards.check_step(step, loss=reduced[0] / total_units, grad_norm=grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    loss = reduced[0] / total_units
+    grad_norm = strategy.step(max_grad_norm, lambda norm: guards.check_step(step, loss=loss, grad_norm=norm))
     elapsed = time.perf_counter() - start
-    out = {"loss": reduced[0] / total_units, "lr": lr, "grad_norm": grad_norm,
+    out = {"loss": loss, "lr": lr, "grad_norm": grad_norm,
            "tokens_per_s": reduced[1] / elapsed, "step_time_s": elapsed}
     out.update({k: v / world for k, v in zip(keys, reduced[2:])})
     return out
 
 
-def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state: TrainerState, tokenizer,
+def write_checkpoint(model_cfg: ModelConfig, strategy: sharding.Strategy, state: TrainerState, tokenizer,
                      rank: int, run: dict, extra: dict[str, str] | None = None, head: str = "lm",
                      dirs: dict[str, str] | None = None) -> Path | None:
-    """Gather the full model and optimizer (collectives: every rank calls this) and write a checkpoint
-    into a fresh temporary directory on rank 0, with the ``extra`` files (name -> text) and the ``dirs``
-    (name -> a directory moved in, e.g. PPO's critic), sealed with its manifest last; returns it there (the
-    caller moves or removes it)."""
-    model_state = sharding.full_model_state(model)
-    optim_state = sharding.full_optimizer_state(model, optimizer)
-    if rank != 0:
+    """Gather the full model and the optimizer state (collectives: every rank calls this) and write a
+    checkpoint into a fresh temporary directory on rank 0, with the ``extra`` files (name -> text) and the
+    ``dirs`` (name -> a directory moved in, e.g. PPO's critic), sealed with its manifest last; returns it
+    there (the caller moves or removes it)."""
+    model_state = strategy.full_model_state()
+    if rank == 0:
+        guards.check_weights(state.step, model_state)
+    tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-")) if rank == 0 else None
+    strategy.save_optimizer(tmp)
+    if tmp is None:
         return None
-    guards.check_weights(state.step, model_state)
-    tmp = Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))
     merge_from = (lambda: load_model(model_cfg, apply_lora=False, head=head)) if (
         model_cfg.lora and model_cfg.lora.save_merged) else None
-    save_model_dir(tmp / MODEL, sharding.unwrap(model), model_state, tokenizer, merge_from)
-    save_training_state(tmp, optim_state, scheduler, state)
+    save_model_dir(tmp / MODEL, strategy.module, model_state, tokenizer, merge_from)
+    save_training_state(tmp, strategy.scheduler, state)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text)
     for name, directory in (dirs or {}).items():
@@ -223,9 +232,8 @@ def write_checkpoint(model_cfg: ModelConfig, model, optimizer, scheduler, state:
     return tmp
 
 
-def _save(spec, model, optimizer, scheduler, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
-    tmp = write_checkpoint(spec.model, model, optimizer, scheduler, state, tokenizer, rank, spec.run,
-                           head=head_of(spec.trainer))
+def _save(spec, strategy, state, tokenizer, hooks: Hooks, metrics, rank) -> None:
+    tmp = write_checkpoint(spec.model, strategy, state, tokenizer, rank, spec.run, head=head_of(spec.trainer))
     hooks.report(_reported(state, metrics), tmp, f"checkpoint-{state.step:06d}")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

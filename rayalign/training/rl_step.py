@@ -83,13 +83,19 @@ def plan(n: int, mini_batch_size: int | None, micro: int, seed: int, step: int, 
     return out
 
 
-class PolicyLearner:
-    """The policy being trained on one rank: model (FSDP2/DDP-wrapped), optimizer, scheduler, loss."""
+def micro_batches_per_update(algorithm: AlgorithmConfig, training, world: int) -> int:
+    """Micro batches each rank runs per optimizer update (``plan``'s count for a full mini-batch)."""
+    rows = algorithm.mini_batch_size or algorithm.prompts_per_step * algorithm.group_size
+    return math.ceil(math.ceil(rows / world) / training.micro_batch_size)
 
-    def __init__(self, model, optimizer, scheduler, algorithm: AlgorithmConfig, max_new_tokens: int,
+
+class PolicyLearner:
+    """The policy being trained on one rank: its strategy (the wrapped model, optimizer, scheduler), the loss."""
+
+    def __init__(self, strategy: sharding.Strategy, algorithm: AlgorithmConfig, max_new_tokens: int,
                  micro_batch_size: int, max_grad_norm: float | None, seed: int, device: torch.device,
                  reference: torch.nn.Module | None = None):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.strategy, self.model = strategy, strategy.model
         self.algorithm, self.micro, self.max_grad_norm = algorithm, micro_batch_size, max_grad_norm
         self.seed, self.device, self.reference = seed, device, reference
         self.loss_fn, self.unit = policy_loss(algorithm, max_new_tokens)
@@ -145,7 +151,7 @@ class PolicyLearner:
                                           + [sums[k] for k in keys], self.device)
         tokens = max(reduced[2], 1.0)
         out = {"mismatch_kl": reduced[0] / tokens, "entropy": reduced[1] / tokens,
-               **{k: v / updates for k, v in zip(keys, reduced[3:])}, "lr": self.scheduler.get_last_lr()[0],
+               **{k: v / updates for k, v in zip(keys, reduced[3:])}, "lr": self.strategy.lr(),
                "learner_step_s": time.perf_counter() - start, "optimizer_steps": updates,
                "staleness": float(staleness)}
         out["grad_norm"] = out["grad_norm"] / world  # every rank reports the same global norm
@@ -159,7 +165,7 @@ class PolicyLearner:
         total = sharding.all_reduce_sum([local], self.device)[0]
         for i, (rows, real) in enumerate(micro_batches):
             part = trim(batch.select(rows)).to(self.device)
-            with sharding.gradient_sync(self.model, i == len(micro_batches) - 1):
+            with self.strategy.accumulate(last=i == len(micro_batches) - 1):
                 logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask,
                                                  with_entropy=stats is not None)
                 old_logp = logp.detach() if old is None else old[rows, :logp.shape[1]].to(self.device)
@@ -168,18 +174,15 @@ class PolicyLearner:
                 loss, metrics = self.loss_fn(logp, old_logp, advantages, part.completion_mask, ref_logp=ref)
                 metrics.update(tis)
                 weight = self._units(part.completion_mask) / max(total, 1e-9) if real else 0.0
-                (loss * weight * world).backward()
+                self.strategy.backward(loss * weight * world)
             if stats is not None and real:
                 self._add_stats(stats, part, logp, entropy)
             sums["loss"] = sums.get("loss", 0.0) + loss.item() * weight
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
-        grad_norm = sharding.clip_grad_norm(self.model, self.max_grad_norm)
-        guards.check_step(step, grad_norm=grad_norm)  # a NaN loss or reward makes the (global) norm NaN too
+        # a NaN loss or reward makes the (global) norm NaN too
+        grad_norm = self.strategy.step(self.max_grad_norm, lambda norm: guards.check_step(step, grad_norm=norm))
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def _importance_weighted(self, part: RolloutBatch, learner_logp: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The micro batch's advantages, times the TIS weights pi_learner / pi_rollout (capped at

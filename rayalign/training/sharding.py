@@ -1,20 +1,31 @@
-"""Wrapping a model for data-parallel training (FSDP2 ``fully_shard`` or DDP) and gathering it back.
+"""Learner backends (``scaling.strategy``): one ``Strategy`` object owns the wrapped model, its optimizer and
+scheduler, and the update sequence every loop (``loop.py``, ``rl_step.py``, ``critic_step.py``) runs:
 
-FSDP2 shards each decoder layer (the classes named in the model's ``_no_split_modules``) and then the
-root, so embeddings and the (tied) LM head live in the root group. With one worker no wrapping is done.
-Full state dicts are gathered to rank 0 on CPU with ``torch.distributed.checkpoint.state_dict``, the
-one API that understands both wrappers.
+    for i, micro_batch in enumerate(micro_batches):
+        with strategy.accumulate(last=i == len(micro_batches) - 1):   # no gradient sync until the last
+            strategy.backward(loss * weight)
+    grad_norm = strategy.step(max_grad_norm, check)   # clip, check(grad_norm), optimizer, scheduler, zero_grad
+
+Three implementations, chosen once by ``prepare``: ``fsdp`` (FSDP2 ``fully_shard`` of each decoder layer,
+the classes named in the model's ``_no_split_modules``, then the root, so embeddings and the tied LM head
+live in the root group), ``ddp`` and ``deepspeed`` (ZeRO 1/2/3, ``training/zero.py``). With one worker the
+torch strategies do no wrapping. Full state dicts are gathered to rank 0 on CPU with
+``torch.distributed.checkpoint.state_dict``, the one API that understands both torch wrappers.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
 )
+
+from rayalign.checkpoint import OPTIMIZER, CheckpointError
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -24,6 +35,89 @@ def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class Strategy:
+    """The torch strategies' common part: AdamW and the HF scheduler built by the caller, clipping by
+    ``clip_grad_norm_`` over the (possibly sharded) gradients, the full optimizer state gathered to rank 0."""
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, module: torch.nn.Module):
+        self.model, self.module = model, module  # ``model``: what the loops call; ``module``: the HF model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+
+    def attach(self, optimizer, scheduler) -> None:
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def accumulate(self, last: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, max_grad_norm: float | None, check: Callable[[float], None]) -> float:
+        """One optimizer update; ``check(grad_norm)`` (the run guards) runs before it and may raise."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else float("inf"))
+        grad_norm = float(norm.full_tensor() if isinstance(norm, torch.distributed.tensor.DTensor) else norm)
+        check(grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """Unsharded CPU state dict on rank 0 (empty elsewhere). A collective: every rank calls it."""
+        return get_model_state_dict(self.model, options=FULL)
+
+    def save_optimizer(self, path: Path | None) -> None:
+        """The optimizer's state into checkpoint directory ``path`` (rank 0's; None on the others). A collective."""
+        state = get_optimizer_state_dict(self.model, self.optimizer, options=FULL)
+        if path is not None:
+            torch.save(state, path / OPTIMIZER)
+
+    def load_optimizer(self, path: Path) -> None:
+        """Every rank reads the same full state; each keeps its shard."""
+        from rayalign.checkpoint import load_tensors
+
+        if not (path / OPTIMIZER).is_file():
+            raise CheckpointError(f"{path}: it has no {OPTIMIZER} (written by scaling.strategy: deepspeed?); "
+                                  f"resume it with the strategy that wrote it")
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=load_tensors(path / OPTIMIZER),
+                                 options=StateDictOptions(full_state_dict=True))
+
+
+class DDPStrategy(Strategy):
+    name = "ddp"
+
+    def accumulate(self, last: bool):
+        return contextlib.nullcontext() if last else self.model.no_sync()
+
+
+class FSDP2Strategy(Strategy):
+    name = "fsdp"
+
+    @contextlib.contextmanager
+    def accumulate(self, last: bool):
+        if last:
+            yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+
 def _layer_classes(model: torch.nn.Module) -> set[str]:
     names: set[str] = set()
     for module in model.modules():
@@ -31,15 +125,16 @@ def _layer_classes(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
-    """The model ready for data-parallel training on ``device``."""
+def wrap_torch(model: torch.nn.Module, name: str, device: torch.device) -> Strategy:
+    """``model`` on ``device``, wrapped for data-parallel training by the torch strategy ``name``."""
     model.to(device)
-    if world()[1] == 1:
-        return model
-    if strategy == "ddp":
+    if world()[1] == 1:  # nothing to shard or sync
+        return Strategy(model, model)
+    if name == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DDPStrategy(ddp, model)
     from torch.distributed.fsdp import fully_shard
 
     layers = _layer_classes(model)
@@ -47,53 +142,4 @@ def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.n
         if type(module).__name__ in layers:
             fully_shard(module)
     fully_shard(model)
-    return model
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
-
-
-@contextlib.contextmanager
-def gradient_sync(model: torch.nn.Module, enabled: bool):
-    """Skip the gradient all-reduce on all but the last micro batch of an accumulation."""
-    if enabled or world()[1] == 1:
-        yield
-    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:
-        with model.no_sync():
-            yield
-
-
-def clip_grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
-    """Global gradient norm (before clipping); clips in place when ``max_norm`` is set."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
-def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU state dict on rank 0 (empty elsewhere). A collective: every rank calls it."""
-    return get_model_state_dict(model, options=FULL)
-
-
-def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    return get_optimizer_state_dict(model, optimizer, options=FULL)
-
-
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Every rank passes the same full state; each keeps its shard."""
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world()[1] > 1:
-        dist.all_reduce(t)
-    return t.tolist()
+    return FSDP2Strategy(model, model)

@@ -20,6 +20,7 @@ from rayalign.config import AlgorithmConfig, ModelConfig, TrainingConfig
 from rayalign.models.loading import load_tokenizer
 from rayalign.outputs import staged
 from rayalign.training.critic_step import CriticLearner
+from rayalign.training.rl_step import micro_batches_per_update
 from rayalign.training.loop import build_trainable, write_checkpoint
 from rayalign.workers.learner import LearnerWorker
 
@@ -35,9 +36,10 @@ class CriticWorker(LearnerWorker):
                                     world_size=self.world)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         self.model_cfg, self.training = model, training
-        critic, optimizer, scheduler, state = build_trainable(model, training, self.scaling.strategy, max_steps,
-                                                              restored, self.device, head="score")
-        self.critic = CriticLearner(critic, optimizer, scheduler, algorithm, training.micro_batch_size,
+        strategy, state = build_trainable(model, training, self.scaling, max_steps, restored, self.device,
+                                          head="score",
+                                          accumulation=micro_batches_per_update(algorithm, training, self.world))
+        self.critic = CriticLearner(strategy, algorithm, training.micro_batch_size,
                                     training.max_grad_norm, training.seed, self.device)
         self.tokenizer = load_tokenizer(model)
         return state
@@ -53,8 +55,7 @@ class CriticWorker(LearnerWorker):
              extra: dict[str, str] | None = None) -> None:
         """The critic as a checkpoint directory at ``directory`` (a staging path). A collective."""
         c = self.critic
-        tmp = write_checkpoint(self.model_cfg, c.model, c.optimizer, c.scheduler, state, self.tokenizer, self.rank,
-                               run, head="score")
+        tmp = write_checkpoint(self.model_cfg, c.strategy, state, self.tokenizer, self.rank, run, head="score")
         if tmp is not None:
             with staged(directory) as beside:
                 shutil.move(str(tmp), beside)

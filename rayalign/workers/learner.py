@@ -24,9 +24,8 @@ from rayalign.engines.base import sync_fingerprint
 from rayalign.engines.flat_weights import FlatWeights
 from rayalign.models.loading import DTYPES, load_model, load_tokenizer
 from rayalign.outputs import staged
-from rayalign.training import sharding
 from rayalign.training.loop import build_trainable, write_checkpoint
-from rayalign.training.rl_step import PolicyLearner
+from rayalign.training.rl_step import PolicyLearner, micro_batches_per_update
 from rayalign.workers.group import quiet_actor
 
 
@@ -40,7 +39,7 @@ def fingerprinted(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
     """The tensors of ``state`` the sync fingerprint covers: each parameter once (a tied LM head is
     the embedding). Every tensor of ``state`` is still sent: an engine re-processes a layer only when
     its own name arrives (vLLM CPU repacks a tied LM head's matmul copy only on ``lm_head.weight``)."""
-    return [state[name] for name, _ in sharding.unwrap(model).named_parameters()]
+    return [state[name] for name, _ in model.named_parameters()]
 
 
 class LearnerWorker:
@@ -68,11 +67,11 @@ class LearnerWorker:
         if use_gpu:
             torch.cuda.set_device(self.device)
         self.model_cfg, self.training = model, training
-        model_obj, optimizer, scheduler, state = build_trainable(model, training, self.scaling.strategy,
-                                                                 max_steps, restored, self.device)
+        strategy, state = build_trainable(model, training, self.scaling, max_steps, restored, self.device,
+                                          accumulation=micro_batches_per_update(algorithm, training, self.world))
         reference = (load_model(model, apply_lora=False).to(self.device).eval().requires_grad_(False)
                      if colocate_reference and algorithm.kl_coef > 0 else None)
-        self.learner = PolicyLearner(model_obj, optimizer, scheduler, algorithm, max_new_tokens,
+        self.learner = PolicyLearner(strategy, algorithm, max_new_tokens,
                                      training.micro_batch_size, training.max_grad_norm, training.seed,
                                      self.device, reference)
         self.tokenizer = load_tokenizer(model)
@@ -90,7 +89,7 @@ class LearnerWorker:
         LoRA: engines run plain models, so the adapter is merged (W + scale B A) in a CPU copy of the
         peft model, see ``_merged``."""
         start = time.perf_counter()
-        state = sharding.full_model_state(self.learner.model)
+        state = self.learner.strategy.full_model_state()
         if self.rank != 0:
             return None, None
         if dtype is not None:
@@ -98,7 +97,7 @@ class LearnerWorker:
         if self.model_cfg.lora is not None:
             state, tensors = self._merged(state, dtype)
         else:
-            tensors = fingerprinted(self.learner.model, state)
+            tensors = fingerprinted(self.learner.strategy.module, state)
         gathered = time.perf_counter()
         flat = FlatWeights.pack(state.items())
         packed = time.perf_counter()
@@ -112,7 +111,7 @@ class LearnerWorker:
         if self._merge_copy is None:
             from peft import get_peft_model
 
-            peft_cfg = sharding.unwrap(self.learner.model).peft_config["default"]
+            peft_cfg = self.learner.strategy.module.peft_config["default"]
             base = self.model_cfg if dtype is None else self.model_cfg.model_copy(update={"dtype": dtype})
             self._merge_copy = get_peft_model(load_model(base, apply_lora=False), peft_cfg)
         copy = self._merge_copy
@@ -129,8 +128,8 @@ class LearnerWorker:
              extra: dict[str, str] | None = None, dirs: dict[str, str] | None = None) -> None:
         """Write checkpoint ``directory`` (atomically: the sealed temp dir is staged beside it and put in
         place in one rename, ``outputs.staged``), with ``dirs`` moved into it. A collective."""
-        tmp = write_checkpoint(self.model_cfg, self.learner.model, self.learner.optimizer,
-                               self.learner.scheduler, state, self.tokenizer, self.rank, run, extra, dirs=dirs)
+        tmp = write_checkpoint(self.model_cfg, self.learner.strategy, state, self.tokenizer, self.rank, run, extra,
+                               dirs=dirs)
         if tmp is None:
             return
         target = Path(directory)

@@ -30,7 +30,7 @@ def test_fsdp2_grpo_step_on_cuda_matches_cpu(tiny_model_dir, nccl_group, monkeyp
     from transformers import AutoModelForCausalLM
 
     from rayalign.checkpoint import MODEL, TrainerState
-    from rayalign.config import AlgorithmConfig, ModelConfig, TrainingConfig
+    from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
     from rayalign.data.collate import collate_rollout
     from rayalign.engines.base import SamplingSpec, check_sync, sync_fingerprint
     from rayalign.engines.build import build_engine
@@ -54,18 +54,21 @@ def test_fsdp2_grpo_step_on_cuda_matches_cpu(tiny_model_dir, nccl_group, monkeyp
         with monkeypatch.context() as m:
             if shard:  # wrap() leaves a one-rank group unwrapped; here FSDP2 is the point
                 m.setattr(sharding, "world", lambda: (0, 2))
-            model, opt, sched, _ = build_trainable(cfg, training, "fsdp", 4, None, device)
-        learner = PolicyLearner(model, opt, sched, algorithm, 12, training.micro_batch_size,
-                                training.max_grad_norm, training.seed, device)
-        return model, opt, sched, learner.train_step(batch, 0)
+            strategy, _ = build_trainable(cfg, training, ScalingConfig(use_gpu=device.type == "cuda"), 4, None,
+                                          device)
+        learner = PolicyLearner(strategy, algorithm, 12, training.micro_batch_size, training.max_grad_norm,
+                                training.seed, device)
+        return strategy, learner.train_step(batch, 0)
 
-    model, opt, sched, gpu = one_step(torch.device("cuda", 0), shard=True)
+    strategy, gpu = one_step(torch.device("cuda", 0), shard=True)
+    model = strategy.model
     assert isinstance(next(model.parameters()), DTensor)
-    cpu_model, _, _, cpu = one_step(torch.device("cpu"), shard=False)
+    cpu_strategy, cpu = one_step(torch.device("cpu"), shard=False)
+    cpu_model = cpu_strategy.model
     assert gpu["loss"] == pytest.approx(cpu["loss"], abs=1e-5)
     assert gpu["grad_norm"] == pytest.approx(cpu["grad_norm"], rel=1e-4)
     assert gpu["mismatch_kl"] < 1e-5  # the engine sampled with the learner's weights, both on the GPU
-    state = sharding.full_model_state(model)
+    state = strategy.full_model_state()
     assert all(t.device.type == "cpu" for t in state.values())
     cpu_state = cpu_model.state_dict()
     diff = max((state[k] - cpu_state[k]).abs().max().item() for k in state)
@@ -75,7 +78,7 @@ def test_fsdp2_grpo_step_on_cuda_matches_cpu(tiny_model_dir, nccl_group, monkeyp
 
     engine.load_weights(state.items())
     check_sync(engine.fingerprint(), sync_fingerprint(fingerprinted(model, state), 0))
-    tmp = write_checkpoint(cfg, model, opt, sched, TrainerState(step=1), tok, 0, {})
+    tmp = write_checkpoint(cfg, strategy, TrainerState(step=1), tok, 0, {})
     try:
         saved = AutoModelForCausalLM.from_pretrained(tmp / MODEL).state_dict()
         assert torch.equal(saved["model.layers.0.mlp.up_proj.weight"], state["model.layers.0.mlp.up_proj.weight"])

@@ -62,3 +62,26 @@ def test_dpo_with_gpu_reference_pass(ray_gpu, tiny_model_dir, tmp_path, report):
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert (final / "model.safetensors").is_file()
     report(step1_loss=rows[0]["loss"], last_loss=rows[-1]["loss"])
+
+
+def test_sft_on_deepspeed_zero3_on_one_gpu_worker(ray_gpu, tiny_model_dir, tmp_path, report):
+    """DeepSpeed's CUDA accelerator (nccl, its fused Adam off: torch_adam) on one GPU: ZeRO-3 trains, the
+    gathered parameters save as an HF directory, DeepSpeed's state sits beside them."""
+    from transformers import AutoModelForCausalLM
+
+    from rayalign.checkpoint import checkpoints
+    from rayalign.metrics import read_metrics
+    from rayalign.recipes.ray_train import run
+    from train_helpers import build, recipe
+
+    out = tmp_path / "out"
+    cfg = build(recipe(tiny_model_dir, "sft", _data(tmp_path, "sft", 128, 1), out, max_steps=12, micro_batch_size=8),
+                scaling={**GPU, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}})
+    final = run(cfg)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 13)) and _finite(rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(p.numel() > 0 for p in AutoModelForCausalLM.from_pretrained(final).parameters())
+    assert (checkpoints(out)[-1] / "deepspeed" / "state").is_dir()
+    report(first_loss=rows[0]["loss"], last_loss=rows[-1]["loss"],
+           median_tokens_per_s_steps_4_12=statistics.median(r["tokens_per_s"] for r in rows[3:]))

@@ -47,3 +47,14 @@ def task_files(tmp_path_factory):
                                 for i, ex in enumerate(generate("letter_count", n, seed))))
         files[name] = str(path)
     return files
+
+
+@pytest.fixture(scope="session")
+def fsdp2_sft_run(ray_local, tiny_model_dir, task_files, tmp_path_factory):
+    """The baseline Ray Train run other runs are held against (DDP, gradient accumulation, resume, DeepSpeed):
+    ``train_helpers.recipe``'s SFT as it is (FSDP2, 2 workers, 4 steps, micro batch 4); (OUTPUT_DIR, final)."""
+    from rayalign.recipes.ray_train import run
+    from train_helpers import build, recipe
+
+    out = tmp_path_factory.mktemp("fsdp2") / "sft"
+    return out, run(build(recipe(tiny_model_dir, "sft", task_files["sft"], out)))

@@ -53,16 +53,16 @@ def assert_no_orphans(tree):
 
 def test_sigterm_checkpoints_sft_and_resume_finishes(tiny_model_dir, task_files, tmp_path):
     cfg = tmp_path / "sft.yaml"
-    cfg.write_text(yaml.safe_dump(recipe(str(tiny_model_dir), "sft", task_files["sft"], "out", max_steps=60,
+    cfg.write_text(yaml.safe_dump(recipe(str(tiny_model_dir), "sft", task_files["sft"], "out", max_steps=24,
                                          save_steps=1000, micro_batch_size=2)))
     out = tmp_path / "out"
     code, _, stderr, tree = interrupt_after([EXE, "train", "-c", str(cfg)], tmp_path, out, signal.SIGTERM, 2)
     assert code == 143, stderr[-3000:]
     [saved] = checkpoints(out)
     stopped = json.loads((saved / "trainer_state.json").read_text())["step"]
-    assert 2 <= stopped < 60 and problem(saved) is None
+    assert 2 <= stopped < 24 and problem(saved) is None
     assert stderr.strip().splitlines()[-1] == (
-        f"SIGTERM: stopped after step {stopped} of 60; saved {saved.name} in {out / 'checkpoints'}; "
+        f"SIGTERM: stopped after step {stopped} of 24; saved {saved.name} in {out / 'checkpoints'}; "
         f"continue with: rayalign train -c {cfg} --resume")
     assert not ours_traceback(stderr)
     assert _steps(out) == list(range(1, stopped + 1))
@@ -70,7 +70,7 @@ def test_sigterm_checkpoints_sft_and_resume_finishes(tiny_model_dir, task_files,
     done = subprocess.run([EXE, "train", "-c", str(cfg), "--resume"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _steps(out) == list(range(1, 61)) and (out / "final" / "model.safetensors").is_file()
+    assert _steps(out) == list(range(1, 25)) and (out / "final" / "model.safetensors").is_file()
 
 
 def test_ctrl_c_checkpoints_grpo_with_exit_130(tiny_model_dir, tmp_path):

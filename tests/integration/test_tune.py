@@ -125,7 +125,8 @@ def test_pbt_exploit_continues_from_the_other_trials_checkpoint(tiny_model_dir, 
 def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
     path = sweep_file(tmp_path, tiny_model_dir, task_files, name="bad", **{
         "tune.metric": "rewards/acc", "tune.search_space": {"training.learning_rate": {"choice": [1e-3]}},
-        "tune.scheduler": {"name": "fifo"}})
+        "tune.scheduler": {"name": "fifo"}, "training.max_steps": 4, "training.save_steps": 4,
+        "training.eval_steps": 4})
     done = tune(path)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
@@ -135,7 +136,7 @@ def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, task_files, tmp_path):
     path = sweep_file(tmp_path, tiny_model_dir, task_files, name="killed", **{
         "tune.search_space": {"training.learning_rate": {"grid": [1e-3, 2e-3]}}, "tune.scheduler": {"name": "fifo"},
-        "tune.max_concurrent_trials": 1, "training.max_steps": 30, "training.save_steps": 15})
+        "tune.max_concurrent_trials": 1, "training.max_steps": 20, "training.save_steps": 10})
     sweep = tmp_path / "killed"
     proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from rayalign.checkpoint import CheckpointError, TrainerState, load_training_state, save_training_state
+from rayalign.checkpoint import CheckpointError, TrainerState, load_tensors, load_training_state, save_training_state
 
 MARK = "/tmp/rayalign-payload-ran"
 
@@ -23,13 +23,15 @@ def real_state(tmp_path):
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
     sched.step()
-    save_training_state(tmp_path, opt.state_dict(), sched, TrainerState(step=1, samples_seen=8, epoch=0.5))
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    save_training_state(tmp_path, sched, TrainerState(step=1, samples_seen=8, epoch=0.5))
     return opt
 
 
 def test_saved_state_loads_as_tensors(tmp_path):
     opt = real_state(tmp_path)
-    optimizer, scheduler, state = load_training_state(tmp_path)
+    optimizer = load_tensors(tmp_path / "optimizer.pt")
+    scheduler, state = load_training_state(tmp_path)
     assert torch.equal(optimizer["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert optimizer["param_groups"][0]["betas"] == (0.9, 0.98) and scheduler["last_epoch"] == 1
     assert state == TrainerState(step=1, samples_seen=8, epoch=0.5)
@@ -42,5 +44,5 @@ def test_planted_payload_is_refused_and_never_runs(tmp_path, name):
         os.remove(MARK)
     torch.save({"state": Payload()}, tmp_path / name)
     with pytest.raises(CheckpointError, match=rf"^{tmp_path / name}: refused to load: it holds more than tensors"):
-        load_training_state(tmp_path)
+        load_tensors(tmp_path / name)
     assert not os.path.exists(MARK)

@@ -30,7 +30,8 @@ def fake_checkpoint(out, step, run):
     (path / "model").mkdir(parents=True)
     (path / "model" / "model.safetensors").write_bytes(b"w" * 100)
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    save_training_state(path, opt.state_dict(), torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    torch.save(opt.state_dict(), path / "optimizer.pt")
+    save_training_state(path, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                         TrainerState(step=step, samples_seen=4 * step))
     write_manifest(path, TrainerState(step=step), run)
     return path

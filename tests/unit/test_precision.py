@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from rayalign.config import ModelConfig, TrainingConfig
+from rayalign.config import ModelConfig, ScalingConfig, TrainingConfig
 from rayalign.models.logprobs import next_token_logps
 from rayalign.training import precision
 from rayalign.training.loop import build_trainable
@@ -30,8 +30,9 @@ def test_bf16_autocasts_the_forward_and_keeps_float32_weights_and_gradients(tiny
 
 def test_build_trainable_applies_the_training_setting(tiny_model_dir):
     training = TrainingConfig(mixed_precision="bf16", max_steps=1)
-    model, *_ = build_trainable(ModelConfig(name_or_path=str(tiny_model_dir)), training, "fsdp", 1,
-                                None, torch.device("cpu"))
+    strategy, _ = build_trainable(ModelConfig(name_or_path=str(tiny_model_dir)), training, ScalingConfig(), 1,
+                                  None, torch.device("cpu"))
+    model = strategy.model
     ids = torch.randint(5, 900, (1, 8), generator=torch.Generator().manual_seed(1))
     assert model(input_ids=ids).logits.dtype == torch.bfloat16
     assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -12,6 +12,7 @@ from rayalign.config import AlgorithmConfig
 from rayalign.data.collate import collate_rollout
 from rayalign.models.logprobs import next_token_logps
 from rayalign.training.rl_step import PolicyLearner, plan
+from rayalign.training.sharding import Strategy
 
 
 def test_plan_gives_each_sample_to_one_rank_with_equal_micro_counts():
@@ -38,7 +39,9 @@ def batch(tiny_tokenizer):
 def _learner(model, algorithm, micro=4):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return PolicyLearner(model, opt, sched, algorithm, max_new_tokens=8, micro_batch_size=micro,
+    strategy = Strategy(model, model)
+    strategy.attach(opt, sched)
+    return PolicyLearner(strategy, algorithm, max_new_tokens=8, micro_batch_size=micro,
                          max_grad_norm=None, seed=0, device=torch.device("cpu"))
 
 

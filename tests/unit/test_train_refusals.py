@@ -31,7 +31,8 @@ def checkpoint(out, step, model_dir, **changed):
     (path / "model").mkdir(parents=True)
     (path / "model" / "model.safetensors").write_bytes(b"w" * 64)
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    save_training_state(path, opt.state_dict(), torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    torch.save(opt.state_dict(), path / "optimizer.pt")
+    save_training_state(path, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                         TrainerState(step=step))
     run = run_identity("sft", ModelConfig(name_or_path=str(model_dir)), "Qwen2ForCausalLM")
     write_manifest(path, TrainerState(step=step), {**run, **changed})
