@@ -29,7 +29,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m bandit -q -r rayalign -lll  # high-severity findings fail CI before the tests run
-	$(PY) -m pytest --durations=25 tests/unit tests/integration tests/gpu  # the slowest tests, to trim by
+	$(PY) -m pytest --durations=60 tests/unit tests/integration tests/gpu  # the slowest tests, to trim by
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit

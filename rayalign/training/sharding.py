@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
 )
@@ -68,7 +69,7 @@ class Strategy:
         """One optimizer update; ``check(grad_norm)`` (the run guards) runs before it and may raise."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else float("inf"))
-        grad_norm = float(norm.full_tensor() if isinstance(norm, torch.distributed.tensor.DTensor) else norm)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         check(grad_norm)
         self.optimizer.step()
         self.scheduler.step()

@@ -1,10 +1,9 @@
 """Issue 16: DeepSpeed ZeRO as a learner backend, on CPU (DeepSpeed's CPU accelerator over gloo), 2 Ray Train
-workers of the tiny model. Every ZeRO stage trains the same model as FSDP2 (the session's baseline run); ZeRO-3
-with the optimizer and the parameters offloaded too; checkpoints are the same HF ``model/`` plus DeepSpeed's own
-``deepspeed/`` state; a resumed ZeRO-3 run equals the straight one bit for bit; GRPO learners on ZeRO-3 sync
-weights the rollout engine verifies."""
+workers of the tiny model. Every ZeRO stage trains the same model as FSDP2 (the session's baseline run): ZeRO-1,
+ZeRO-2 with the optimizer offloaded, ZeRO-3 with the parameters offloaded; checkpoints are the same HF
+``model/`` plus DeepSpeed's own ``deepspeed/`` state; a resumed ZeRO-3 run equals the straight one bit for bit;
+GRPO learners on ZeRO-3 sync weights the rollout engine verifies."""
 
-import json
 import shutil
 
 import pytest
@@ -28,26 +27,28 @@ def _max_diff(a, b) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_zero_stages_train_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path, stage):
+@pytest.mark.parametrize("stage, offload", [(1, False), (2, True)])
+def test_zero_stages_train_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path, stage, offload):
+    """ZeRO-1, and ZeRO-2 with the optimizer offloaded (DeepSpeedCPUAdam on CPU-resident state)."""
     base, base_final = fsdp2_sft_run
     out = tmp_path / f"zero{stage}"
-    final = run(_zero(tiny_model_dir, task_files, out, zero_stage=stage))
+    final = run(_zero(tiny_model_dir, task_files, out, zero_stage=stage, offload_optimizer=offload))
     ours, theirs = read_metrics(out), read_metrics(base)
+    # DeepSpeedCPUAdam rounds differently from torch's AdamW: close, not equal; fp32 torch AdamW: summation order
+    rel, weights_within = (1e-4, 1e-4) if offload else (1e-5, 1e-6)
     for key in ("loss", "grad_norm", "lr"):
-        assert [r[key] for r in ours] == pytest.approx([r[key] for r in theirs], rel=1e-5), key
-    assert _max_diff(final, base_final) < 1e-6  # fp32 both: summation order only
+        assert [r[key] for r in ours] == pytest.approx([r[key] for r in theirs], rel=rel), key
+    assert _max_diff(final, base_final) < weights_within
     [shard] = {p.name for p in (checkpoints(out)[-1] / "deepspeed" / "state").glob("*optim_states.pt")} - {
         "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert shard == "zero_pp_rank_1_mp_rank_00_optim_states.pt"  # rank 1's shard gathered onto rank 0
     assert not (checkpoints(out)[-1] / "optimizer.pt").exists()
 
 
-def test_zero3_resumes_bit_for_bit_and_saves_gathered_parameters(fsdp2_sft_run, tiny_model_dir, task_files,
-                                                                 tmp_path):
+def test_zero3_with_offloaded_parameters_resumes_bit_for_bit(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
     base, base_final = fsdp2_sft_run
     straight = tmp_path / "a"
-    final = run(_zero(tiny_model_dir, task_files, straight, zero_stage=3))
+    final = run(_zero(tiny_model_dir, task_files, straight, zero_stage=3, offload_params=True))
     assert _max_diff(final, base_final) < 1e-6
     model = AutoModelForCausalLM.from_pretrained(final)  # every parameter whole, not a ZeRO-3 shard
     assert all(p.numel() > 0 for p in model.parameters())
@@ -57,24 +58,13 @@ def test_zero3_resumes_bit_for_bit_and_saves_gathered_parameters(fsdp2_sft_run, 
     for gone in ("final", "trainer_state.json", "checkpoints/checkpoint-000004"):
         shutil.rmtree(resumed / gone) if (resumed / gone).is_dir() else (resumed / gone).unlink()
     said = []
-    again = run(_zero(tiny_model_dir, task_files, resumed, resume="auto", zero_stage=3), echo=said.append)
+    again = run(_zero(tiny_model_dir, task_files, resumed, resume="auto", zero_stage=3, offload_params=True),
+                echo=said.append)
     assert "resuming after step 2" in said[0]
     wa, wb = weights(final), weights(again)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [(r["loss"], r["grad_norm"]) for r in read_metrics(straight)] == \
         [(r["loss"], r["grad_norm"]) for r in read_metrics(resumed)]
-
-
-def test_zero3_with_optimizer_and_parameter_offload(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
-    base, base_final = fsdp2_sft_run
-    out = tmp_path / "offload"
-    final = run(_zero(tiny_model_dir, task_files, out, zero_stage=3, offload_optimizer=True, offload_params=True))
-    config = json.loads((out / "checkpoints" / "checkpoint-000004" / "checkpoint.json").read_text())
-    assert config["step"] == 4
-    ours, theirs = read_metrics(out), read_metrics(base)
-    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in theirs], rel=1e-5)
-    # DeepSpeedCPUAdam (the offloaded optimizer) rounds differently from torch's AdamW: close, not equal
-    assert _max_diff(final, base_final) < 1e-4
 
 
 def test_grpo_learners_on_zero3_sync_the_weights_the_engine_samples_with(ray_local, tiny_model_dir, tmp_path):
