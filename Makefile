@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,test]'
+	$(PY) -m pip install -q --no-deps verl==0.9.1  # its config schema only (trainer: verl_grpo); verl runs in its own env
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "from transformers import Qwen2ForCausalLM, LlamaForCausalLM; import vllm, ray"
 	touch $(STAMP)

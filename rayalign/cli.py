@@ -48,7 +48,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for
 def train(ctx: typer.Context, config: Path = ConfigOpt,
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in output_dir"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in output_dir")) -> None:
-    """Train with the recipe's trainer (sft | pretrain | dpo | kto | reward_model | grpo)."""
+    """Train with the recipe's trainer (sft | pretrain | dpo | kto | reward_model | grpo | verl_grpo)."""
     from rayalign.config_io import load_config
 
     flags = (["--training.resume", "auto"] if resume else []) + (["--training.overwrite", "true"] if overwrite else [])
@@ -57,6 +57,8 @@ def train(ctx: typer.Context, config: Path = ConfigOpt,
         raise UserError(f"{config}: data: required key is missing (train needs data.train)")
     if cfg.trainer == "grpo":
         from rayalign.recipes.grpo import run
+    elif cfg.trainer == "verl_grpo":
+        from rayalign.backends.verl import run
     else:
         from rayalign.recipes.ray_train import run
     try:

@@ -15,7 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
-Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo"]
+Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo", "verl_grpo"]
+RL_TRAINERS = ("grpo", "verl_grpo")  # online RL: rayalign's roles, or verl's trainer (backends/verl.py)
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
 
@@ -525,7 +526,8 @@ class ClusterConfig(Section):
 
 
 class RecipeConfig(Section):
-    trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | reward_model | grpo")
+    trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | reward_model | grpo | verl_grpo "
+                             "(the RL recipe run by verl's trainer)")
     model: ModelConfig = Field(..., description="the policy model")
     data: DataConfig | None = Field(None, description="datasets; required by train and evaluate")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation")
@@ -540,11 +542,18 @@ class RecipeConfig(Section):
     infer: InferConfig = Field(default_factory=InferConfig, description="rayalign infer")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweep")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="RL roles on the Ray cluster")
+    verl_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="trainer verl_grpo: verl config keys (dotted, e.g. "
+        "actor_rollout_ref.rollout.tensor_model_parallel_size) set after the translation, so they win; a key "
+        "verl lacks is an error")
+    verl_runtime_env: dict[str, Any] | None = Field(
+        None, description="trainer verl_grpo: the Ray runtime_env verl's trainer runs in (its pins clash with "
+        "ours); null: pip installs verl[vllm] there; {}: this environment")
 
 
 TRAINER_DATA_FORMAT: dict[str, str] = {
     "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference",
-    "grpo": "prompt",
+    "grpo": "prompt", "verl_grpo": "prompt",
 }
 
 
@@ -564,8 +573,11 @@ def cross_field_errors(cfg: BaseModel) -> list[tuple[tuple[str | int, ...], str]
                            f"trainer '{cfg.trainer}' needs format '{want}', got '{split_cfg.format}'"))
     if cfg.trainer == "dpo" and cfg.preference.loss_type == "kto":
         errors.append((("preference", "loss_type"), "KTO takes unpaired rows: use trainer: kto"))
-    if cfg.trainer == "grpo":
+    if cfg.trainer in RL_TRAINERS:
         errors += _rl_errors(cfg)
+    if cfg.trainer != "verl_grpo" and (cfg.verl_overrides or cfg.verl_runtime_env is not None):
+        key = "verl_overrides" if cfg.verl_overrides else "verl_runtime_env"
+        errors.append(((key,), f"only trainer verl_grpo uses it, not {cfg.trainer}"))
     if cfg.serve.autoscaling and cfg.serve.min_replicas > cfg.serve.max_replicas:
         errors.append((("serve", "min_replicas"),
                        f"min_replicas {cfg.serve.min_replicas} > max_replicas {cfg.serve.max_replicas}"))

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rayalign.config import RecipeConfig, Section, cross_field_errors
+from rayalign.config import RL_TRAINERS, RecipeConfig, Section, cross_field_errors
 from rayalign.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -284,6 +284,11 @@ def explain(cfg: RecipeConfig) -> str:
     lines.append("")
     lines.append("# derived")
     lines.extend(batch_arithmetic(cfg))
+    if cfg.trainer == "verl_grpo":
+        from rayalign.backends.verl import explained
+
+        lines += ["", "# verl's config: the translation, then verl_overrides (written to OUTPUT_DIR/verl/config.yaml)",
+                  explained(cfg)]
     return "\n".join(lines)
 
 
@@ -311,7 +316,7 @@ def _explain_model(model: Section, indent: int, lines: list[str]) -> None:
 
 def batch_arithmetic(cfg: RecipeConfig) -> list[str]:
     """Human-readable batch sizes implied by the config (what users otherwise compute by hand)."""
-    if cfg.trainer == "grpo":
+    if cfg.trainer in RL_TRAINERS:
         a = cfg.algorithm
         samples = a.prompts_per_step * a.group_size
         mini = a.mini_batch_size or samples

@@ -47,6 +47,8 @@ def check(cfg: RecipeConfig) -> None:
     if t.metric.startswith("eval_") and cfg.trainer != "grpo" and (cfg.data is None or cfg.data.eval is None):
         raise UserError(f"tune.metric: {t.metric} is logged only with data.eval (held-out rows); add data.eval or "
                         "sweep on loss")
+    if cfg.trainer == "verl_grpo":
+        raise UserError("trainer: verl_grpo runs verl's own loop, which reports to no trial; sweep trainer: grpo")
     if cfg.reward.judge is not None:
         raise UserError("reward.judge: a judge on its own Serve app cannot run inside sweep trials; sweep without it")
 

@@ -1,8 +1,8 @@
 """Issue 12: sweeps on Ray Tune as a user runs them (`rayalign tune`, its own Ray with the dashboard, whose
 State API Ray Train's cleaner needs when Tune stops a trial): ASHA stops poor SFT trials early and
-best_config.yaml trains as it is; GRPO trials sampled by Optuna report reward_mean every step; a PBT exploit
-continues from the other trial's checkpoint at its own new learning rate; a metric no trial logs is named; a
-killed sweep resumes without rerunning finished trials."""
+best_config.yaml trains as it is, and a sweep killed mid-way resumes without rerunning finished trials; GRPO
+trials sampled by Optuna report reward_mean every step; a PBT exploit continues from the other trial's
+checkpoint at its own new learning rate; a metric no trial logs is named."""
 
 import csv
 import signal
@@ -43,16 +43,34 @@ def results(sweep: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_files, tmp_path):
-    started = time.time()
+def test_asha_stops_poor_trials_a_killed_sweep_resumes_and_best_config_trains(tiny_model_dir, task_files,
+                                                                              tmp_path):
     # best learning rate first, one trial at a time: each later, worse trial meets better ones at ASHA's first
     # rung and is stopped there (asynchronous ASHA lets the first trials at a rung go on, so order decides)
-    done = tune(sweep_file(tmp_path, tiny_model_dir, task_files, **{
+    path = sweep_file(tmp_path, tiny_model_dir, task_files, **{
         "tune.search_space": {"training.learning_rate": {"grid": [3e-3, 1e-3, 1e-4, 1e-5]}},
-        "tune.max_concurrent_trials": 1}))
+        "tune.max_concurrent_trials": 1})
+    sweep = tmp_path / "sweep"
+    started = time.time()
+    proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, first_done = time.time() + 600, None
+    while time.time() < deadline and proc.poll() is None:
+        finals = list((sweep / "trials").glob("*/final")) if (sweep / "trials").exists() else []
+        if finals and first_done is None:
+            first_done = time.time()
+        if first_done and time.time() - first_done > 15:  # Tune has snapshotted the first trial as finished
+            break
+        time.sleep(1)
+    assert first_done, "the first trial never finished"
+    proc.send_signal(signal.SIGKILL)  # the sweep's driver dies mid-sweep
+    proc.wait()
+    [finished] = [p.parent for p in (sweep / "trials").glob("*/final")]
+    before = (finished / "metrics.jsonl").read_bytes()
+    done = tune(path, "--resume")
     took = time.time() - started
     assert done.returncode == 0, done.stderr[-3000:]
-    sweep = tmp_path / "sweep"
+    assert (finished / "metrics.jsonl").read_bytes() == before  # the finished trial is not rerun
     rows = results(sweep)
     assert len(rows) == 4 and list(rows[0])[:5] == ["trial_id", "eval_loss", "step", "reports",
                                                     "training.learning_rate"]
@@ -63,7 +81,7 @@ def test_asha_stops_poor_sft_trials_and_best_config_trains(tiny_model_dir, task_
     assert f"best eval_loss = {float(rows[0]['eval_loss']):.6g} (trial {rows[0]['trial_id']})" in done.stdout
     for row in rows:  # each trial's own run directory, as `rayalign train` writes it
         assert [m["step"] for m in read_metrics(sweep / "trials" / row["trial_id"])][:1] == [4]
-    print(f"4-trial ASHA sweep: {took:.0f} s")
+    print(f"4-trial ASHA sweep, killed and resumed: {took:.0f} s")
     train = subprocess.run([EXE, "train", "-c", str(sweep / "best_config.yaml")], capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
@@ -131,29 +149,3 @@ def test_a_metric_no_trial_logs_is_named(tiny_model_dir, task_files, tmp_path):
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no trial reported rewards/acc: ") and "it logs: " in last and "eval_loss" in last
-
-
-def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, task_files, tmp_path):
-    path = sweep_file(tmp_path, tiny_model_dir, task_files, name="killed", **{
-        "tune.search_space": {"training.learning_rate": {"grid": [1e-3, 2e-3]}}, "tune.scheduler": {"name": "fifo"},
-        "tune.max_concurrent_trials": 1, "training.max_steps": 20, "training.save_steps": 10})
-    sweep = tmp_path / "killed"
-    proc = subprocess.Popen([EXE, "tune", "-c", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline, first_done = time.time() + 600, None
-    while time.time() < deadline and proc.poll() is None:
-        finals = list((sweep / "trials").glob("*/final")) if (sweep / "trials").exists() else []
-        if finals and first_done is None:
-            first_done = time.time()
-        if first_done and time.time() - first_done > 15:  # Tune has snapshotted the first trial as finished
-            break
-        time.sleep(1)
-    assert first_done, "the first trial never finished"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    [finished] = [p.parent for p in (sweep / "trials").glob("*/final")]
-    before = (finished / "metrics.jsonl").read_bytes()
-    done = tune(path, "--resume")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (finished / "metrics.jsonl").read_bytes() == before  # not rerun
-    assert len(results(sweep)) == 2 and len(list((sweep / "trials").glob("*/final"))) == 2

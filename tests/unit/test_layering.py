@@ -12,7 +12,8 @@ PURE = ["rayalign.algorithms.preference", "rayalign.algorithms.policy", "rayalig
         "rayalign.recipes.common", "rayalign.judge.judge", "rayalign.judge.parsers", "rayalign.judge.templates",
         "rayalign.judge.dataset", "rayalign.engines.build", "rayalign.serve.protocol",
         "rayalign.engines.vllm_errors", "rayalign.outputs", "rayalign.models.scoring", "rayalign.rewards.running",
-        "rayalign.algorithms.reward_model", "rayalign.evaluate.reward_model"]
+        "rayalign.algorithms.reward_model", "rayalign.evaluate.reward_model", "rayalign.backends.verl_config",
+        "rayalign.backends.verl_reward", "rayalign.backends.verl"]
 
 
 def test_core_modules_do_not_import_ray():
