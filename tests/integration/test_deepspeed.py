@@ -1,7 +1,8 @@
 """Issue 16: DeepSpeed ZeRO as a learner backend, on CPU (DeepSpeed's CPU accelerator over gloo), 2 Ray Train
 workers of the tiny model. Every ZeRO stage trains the same model as FSDP2 (the session's baseline run): ZeRO-1,
 ZeRO-2 with the optimizer offloaded, ZeRO-3 with the parameters offloaded; checkpoints are the same HF
-``model/`` plus DeepSpeed's own ``deepspeed/`` state; a resumed ZeRO-3 run equals the straight one bit for bit;
+``model/`` plus DeepSpeed's own ``deepspeed/`` state; a ZeRO-3 run whose worker is killed is restarted by
+Ray Train from its last checkpoint, and resuming that run from step 2 again gives it bit for bit;
 GRPO learners on ZeRO-3 sync weights the rollout engine verifies."""
 
 import shutil
@@ -13,12 +14,13 @@ from transformers import AutoModelForCausalLM
 from rayalign.checkpoint import checkpoints
 from rayalign.metrics import read_metrics
 from rayalign.recipes.ray_train import run
-from train_helpers import build, recipe, weights
+from train_helpers import WorkerKiller, build, recipe, weights
 
 
-def _zero(tiny_model_dir, task_files, out, resume="never", **deepspeed):
+def _zero(tiny_model_dir, task_files, out, resume="never", max_failures=0, **deepspeed):
     return build(recipe(tiny_model_dir, "sft", task_files["sft"], out, save_steps=2, save_total_limit=None,
-                        resume=resume), scaling={"strategy": "deepspeed", "deepspeed": deepspeed})
+                        resume=resume, max_failures=max_failures),
+                 scaling={"strategy": "deepspeed", "deepspeed": deepspeed})
 
 
 def _max_diff(a, b) -> float:
@@ -45,11 +47,16 @@ def test_zero_stages_train_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_f
     assert not (checkpoints(out)[-1] / "optimizer.pt").exists()
 
 
-def test_zero3_with_offloaded_parameters_resumes_bit_for_bit(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
+def test_zero3_with_offloaded_parameters_recovers_a_killed_worker_and_resumes_bit_for_bit(
+        fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
     base, base_final = fsdp2_sft_run
     straight = tmp_path / "a"
-    final = run(_zero(tiny_model_dir, task_files, straight, zero_stage=3, offload_params=True))
-    assert _max_diff(final, base_final) < 1e-6
+    killer = WorkerKiller(straight, after=2)  # in step 3: Ray Train restarts the ranks from checkpoint 2
+    final = run(_zero(tiny_model_dir, task_files, straight, max_failures=1, zero_stage=3, offload_params=True))
+    killer.join()
+    assert killer.killed.get("pid") and killer.killed["step"] < 4, killer.killed
+    assert [r["step"] for r in read_metrics(straight)] == [1, 2, 3, 4]  # restarted steps listed once
+    assert _max_diff(final, base_final) < 1e-6  # the recovered run trained the FSDP2 run's model
     model = AutoModelForCausalLM.from_pretrained(final)  # every parameter whole, not a ZeRO-3 shard
     assert all(p.numel() > 0 for p in model.parameters())
     # the same run stopped after step 2: its output directory as the step-2 checkpoint left it
