@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,test]'
-	$(PY) -m pip install -q --no-deps verl==0.9.1  # its config schema only (trainer: verl_grpo); verl runs in its own env
+	# trainer: verl_grpo: verl's config schema, and what its own config validation imports (tests run it on
+	# our translations); --no-deps, since verl's pins clash with ours: verl trains in its own Ray runtime env
+	$(PY) -m pip install -q --no-deps verl==0.9.1 tensordict==0.10.0 pyvers==0.2.3 orjson==3.13.0 codetiming==1.4.0 \
+	  dill==0.4.1 pylatexenc==2.11 torchdata==0.11.0 pybind11==3.1.0
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "from transformers import Qwen2ForCausalLM, LlamaForCausalLM; import vllm, ray"
 	touch $(STAMP)

@@ -119,7 +119,7 @@ def trl_run(inputs, trainer, steps, out) -> float:
     timer = _StepTimer()
     common = dict(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=1e-4,
                   report_to=[], save_strategy="no", logging_steps=10_000, use_cpu=True, dataloader_num_workers=0,
-                  max_length=MAX_LEN)
+                  max_length=MAX_LEN, bf16=False)  # fp32 as rayalign; TRL >= 1 defaults to bf16 autocast, ~30x slower on this CPU
     if trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 

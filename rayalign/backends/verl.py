@@ -33,7 +33,7 @@ from typing import Any
 
 from rayalign.backends.verl_config import VERL_VERSION, compose, translate
 from rayalign.config import RecipeConfig
-from rayalign.errors import RunError
+from rayalign.errors import RunError, UserError
 
 METRIC_NAMES = {
     "critic/score/mean": "reward_mean", "actor/pg_loss": "loss", "actor/entropy": "entropy",
@@ -132,6 +132,7 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
     with claim(cfg, echo) as c:
         out, work = c.out, c.out / "verl"
         config = verl_config(cfg)  # its errors before any file is written
+        _claim_verl_dir(cfg, work)
         train, val = data_files(cfg)
         write_parquet(load_split(cfg.data.train, cfg.training.seed), train, "train")
         if cfg.data.eval is not None:
@@ -153,6 +154,17 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
                            f"{str(cause).strip().splitlines()[-1]}") from exc
         steps = import_metrics(work / "metrics.jsonl", out)
         return collect_final(work, out, steps, echo)
+
+
+def _claim_verl_dir(cfg: RecipeConfig, work: Path) -> None:
+    """verl resumes from its own checkpoints in ``work`` (``trainer.resume_mode``): --overwrite removes them,
+    and without --resume they are not silently continued."""
+    saved = sorted(work.glob("global_step_*"), key=lambda p: int(p.name.rpartition("_")[2]))
+    if cfg.training.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    elif saved and cfg.training.resume != "auto":
+        raise UserError(f"training.output_dir: {work} holds verl's checkpoints of a run (last: {saved[-1].name}); "
+                        "pass --resume to continue it, --overwrite to replace it, or choose another output_dir")
 
 
 def _verl_main(config_yaml: str) -> None:

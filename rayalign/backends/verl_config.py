@@ -55,7 +55,8 @@ def translate(cfg: RecipeConfig, train_files: list[str], val_files: list[str]) -
         model.update(lora_rank=m.lora.r, lora_alpha=m.lora.alpha, target_modules=m.lora.target_modules)
     rollout = {"name": "vllm", "n": a.group_size, "temperature": r.temperature, "top_p": r.top_p,
                "gpu_memory_utilization": r.gpu_memory_utilization, "tensor_model_parallel_size": 1,
-               "seed": t.seed, "dtype": r.dtype or ("bfloat16" if m.dtype in ("auto", "bfloat16") else m.dtype)}
+               "seed": t.seed, "dtype": r.dtype or ("bfloat16" if m.dtype in ("auto", "bfloat16") else m.dtype),
+               "log_prob_micro_batch_size_per_gpu": t.micro_batch_size}
     algorithm = {"adv_estimator": ADV_ESTIMATOR[a.name], "norm_adv_by_std_in_grpo": a.name != "dr_grpo",
                  "filter_groups": {"enable": bool(a.dynamic_sampling), "metric": "reward"},
                  "use_kl_in_reward": a.name == "ppo" and bool(a.kl_coef)}
@@ -66,7 +67,8 @@ def translate(cfg: RecipeConfig, train_files: list[str], val_files: list[str]) -
                  "max_prompt_length": prompt_len, "max_response_length": r.max_new_tokens,
                  "train_batch_size": a.prompts_per_step, "shuffle": True, "seed": t.seed, "truncation": "left",
                  "trust_remote_code": m.trust_remote_code},
-        "actor_rollout_ref": {"actor": actor, "model": model, "rollout": rollout},
+        "actor_rollout_ref": {"actor": actor, "model": model, "rollout": rollout,
+                              "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size}},
         "algorithm": algorithm,
         "reward": {"custom_reward_function": {"path": REWARD_BRIDGE, "name": "compute_score", "reward_kwargs": {
             "functions": [f.model_dump(mode="json") for f in cfg.reward.functions]}}},
@@ -77,6 +79,7 @@ def translate(cfg: RecipeConfig, train_files: list[str], val_files: list[str]) -
         if a.kl_coef:
             out["algorithm"].update(kl_penalty=KL_ESTIMATOR[a.kl_estimator], kl_ctrl={"kl_coef": a.kl_coef})
         out["critic"] = {"optim": {"lr": cfg.critic.learning_rate}, "cliprange_value": a.value_clip,
+                         "ppo_micro_batch_size_per_gpu": t.micro_batch_size,
                          "model": {"path": cfg.critic.init or m.name_or_path, "tokenizer_path": m.tokenizer or
                                    m.name_or_path}}
         out["trainer"]["critic_warmup"] = cfg.critic.warmup_steps

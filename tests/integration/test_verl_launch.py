@@ -1,7 +1,8 @@
 """trainer: verl_grpo on a real Ray, as far as verl runs without CUDA: the reward bridge scores verl's Parquet
 rows as rayalign's reward workers score the same samples; the launch writes the prompts and verl's config,
-starts verl in its runtime env with rayalign shipped beside it, and verl's own failure reaches the user in
-one line (this environment has verl's config schema, not its dependencies: the GPU test runs verl itself)."""
+starts verl in its runtime env with rayalign shipped beside it, verl validates the config and starts its
+TaskRunner, and verl's own failure reaches the user in one line (this environment has verl's config schema and
+validation, not its trainer's dependencies: the GPU test runs verl itself)."""
 
 import json
 
@@ -14,7 +15,7 @@ from rayalign.backends.verl_reward import compute_score
 from rayalign.config import RewardConfig, RewardFnConfig
 from rayalign.config_io import with_overrides
 from rayalign.data.tasks import generate, to_row
-from rayalign.errors import RunError
+from rayalign.errors import RunError, UserError
 from rl_helpers import grpo_recipe, prompt_file
 
 FUNCTIONS = [{"name": "letter_count"}, {"name": "count_trace", "weight": 0.5},
@@ -46,8 +47,9 @@ def test_launch_writes_verls_inputs_and_reports_verls_failure(ray_local, tiny_mo
     said = []
     with pytest.raises(RunError) as failed:
         run(cfg, echo=said.append)
-    # verl's Python ran in the task (its package imports) and its root cause is the message's last words
-    assert str(failed.value).startswith("verl_grpo: verl's trainer failed: ModuleNotFoundError: No module named")
+    # in the task verl checked our config (validate_config) and started its TaskRunner actor, whose trainer
+    # imports TransferQueue (verl's verl-core extra, absent here): verl's root cause is the message's end
+    assert str(failed.value) == "verl_grpo: verl's trainer failed: ModuleNotFoundError: No module named 'transfer_queue'"
     assert said[0].startswith("verl_grpo (grpo): verl 0.9.1 in its runtime env; its config in ")
     work = tmp_path / "out" / "verl"
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -55,3 +57,10 @@ def test_launch_writes_verls_inputs_and_reports_verls_failure(ray_local, tiny_mo
     assert config["actor_rollout_ref"]["model"]["path"] == str(tiny_model_dir.resolve())
     prompts = datasets.Dataset.from_parquet(str(work / "data" / "train.parquet"))
     assert len(prompts) == 32 and json.loads(prompts[0]["extra_info"]["rayalign"])["metadata"]["task"] == "letter_count"
+    # verl's own checkpoints from an earlier run are not continued without --resume, and --overwrite clears them
+    (work / "global_step_4" / "actor").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"holds verl's checkpoints of a run \(last: global_step_4\); pass --resume"):
+        run(cfg)
+    with pytest.raises(RunError, match="verl's trainer failed"):
+        run(with_overrides(cfg, {"training.overwrite": True}), echo=said.append)
+    assert not (work / "global_step_4").exists()

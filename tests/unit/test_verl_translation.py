@@ -1,10 +1,13 @@
 """trainer: verl_grpo without running verl (verl's trainer needs CUDA: tests/gpu/test_verl_gpu.py): each
 shipped RL recipe translates into a config verl's own Hydra schema accepts (struct mode: unknown keys are
-rejected), each algorithm lands on verl's estimator and loss, verl_overrides win, recipe settings verl has no
+rejected) and verl's own ``validate_config`` passes (its typed config classes, batch divisibility, micro
+batches), each algorithm lands on verl's estimator and loss, verl_overrides win, recipe settings verl has no
 place for are refused by key; prompt rows round-trip through verl's Parquet layout; the reward bridge scores
 as rayalign's reward functions do; verl's file-logger rows become metrics.jsonl under rayalign's names."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -72,6 +75,36 @@ def test_each_algorithm_lands_on_verls_estimator_loss_and_kl(name, estimator, lo
         assert alg.use_kl_in_reward and alg.kl_penalty == "kl" and alg.kl_ctrl.kl_coef == 0.02
         assert (alg.gamma, alg.lam) == (1.0, 0.95) and v.critic.cliprange_value == 0.2
         assert v.critic.model.path == cfg.model.name_or_path and v.trainer.critic_warmup == cfg.critic.warmup_steps
+
+
+VALIDATE = """
+import sys
+from omegaconf import OmegaConf
+from verl.trainer import main_ppo
+for path in sys.argv[1:]:
+    config = OmegaConf.load(path)
+    main_ppo.validate_config(config=config, use_reference_policy=main_ppo.need_reference_policy(config),
+                             use_critic=main_ppo.need_critic(config))
+    print("valid", path)
+"""
+
+
+def test_verls_own_validation_accepts_the_translations(tiny_model_dir, tmp_path):
+    """verl's validate_config instantiates its typed config classes (types, ranges, the model's HF config) and
+    checks the batch arithmetic against the GPU count; in a subprocess, since importing verl patches libraries."""
+    cases = [(path, {}) for path in SHIPPED] + [
+        ("tiny/grpo.yaml", {"algorithm": {"name": name, "prompts_per_step": 16, "group_size": 8}, "scaling.num_workers": 8,
+                            "reference.colocate": False})
+        for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo")]
+    files = []
+    for i, (path, updates) in enumerate(cases):
+        cfg = verl_recipe(path, **{**updates, "model.name_or_path": str(tiny_model_dir), "critic.init": None})
+        files.append(tmp_path / f"{i}.yaml")
+        files[-1].write_text(OmegaConf.to_yaml(backend.verl_config(cfg)))
+    done = subprocess.run([sys.executable, "-c", VALIDATE, *map(str, files)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("valid ") == len(cases)
 
 
 def test_verl_overrides_win_and_an_unknown_key_is_named():
