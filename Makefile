@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	# our translations); --no-deps, since verl's pins clash with ours: verl trains in its own Ray runtime env
 	$(PY) -m pip install -q --no-deps verl==0.9.1 tensordict==0.10.0 pyvers==0.2.3 orjson==3.13.0 codetiming==1.4.0 \
 	  dill==0.4.1 pylatexenc==2.11 torchdata==0.11.0 pybind11==3.1.0
+	rm -rf $(VENV)/lib/python3*/site-packages/tests $(VENV)/lib/python3*/site-packages/scripts  # verl's wheel ships these top-level packages; they shadow our tests/
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "from transformers import Qwen2ForCausalLM, LlamaForCausalLM; import vllm, ray"
 	touch $(STAMP)
