@@ -33,7 +33,7 @@ from typing import Any
 
 from rayalign.backends.verl_config import VERL_VERSION, compose, translate
 from rayalign.config import RecipeConfig
-from rayalign.errors import RunError, UserError
+from rayalign.errors import ConfigError, RunError, UserError
 
 METRIC_NAMES = {
     "critic/score/mean": "reward_mean", "actor/pg_loss": "loss", "actor/entropy": "entropy",
@@ -88,8 +88,6 @@ def explained(cfg: RecipeConfig) -> str:
     """``rayalign config explain``'s verl section: the composed config as YAML, or why there is none."""
     from omegaconf import OmegaConf
 
-    from rayalign.errors import ConfigError
-
     try:
         return OmegaConf.to_yaml(verl_config(cfg)).rstrip()
     except ConfigError as exc:
@@ -118,7 +116,7 @@ def ship_rayalign(python_dir: Path) -> Path:
     return python_dir
 
 
-def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
+def run(cfg: RecipeConfig, echo=print) -> Path | None:
     """Train ``cfg`` (trainer: verl_grpo) with verl; returns ``OUTPUT_DIR/final``."""
     import ray
     from omegaconf import OmegaConf
@@ -156,10 +154,15 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
         return collect_final(work, out, steps, echo)
 
 
+def verl_checkpoints(work: Path) -> list[Path]:
+    """verl's ``global_step_N`` checkpoint directories in ``work``, oldest first (by N, not by name)."""
+    return sorted(work.glob("global_step_*"), key=lambda p: int(p.name.rpartition("_")[2]))
+
+
 def _claim_verl_dir(cfg: RecipeConfig, work: Path) -> None:
     """verl resumes from its own checkpoints in ``work`` (``trainer.resume_mode``): --overwrite removes them,
     and without --resume they are not silently continued."""
-    saved = sorted(work.glob("global_step_*"), key=lambda p: int(p.name.rpartition("_")[2]))
+    saved = verl_checkpoints(work)
     if cfg.training.overwrite:
         shutil.rmtree(work, ignore_errors=True)
     elif saved and cfg.training.resume != "auto":
@@ -201,7 +204,7 @@ def import_metrics(verl_log: Path, out: Path) -> int:
 
 def collect_final(work: Path, out: Path, steps: int, echo=print) -> Path:
     """The newest verl checkpoint's HF weights (``actor/huggingface``) as ``out/final``."""
-    saved = sorted(work.glob("global_step_*"), key=lambda p: int(p.name.rpartition("_")[2]))
+    saved = verl_checkpoints(work)
     hf = saved[-1] / "actor" / "huggingface" if saved else None
     if hf is None or not any(hf.glob("*.safetensors")):
         raise RunError(f"verl_grpo: verl finished {steps} steps but wrote no HF weights under {work}/global_step_*/"

@@ -91,7 +91,8 @@ def _trainer(cfg: RecipeConfig) -> dict[str, Any]:
     steps = t.max_steps
     return {
         "total_training_steps": steps, "total_epochs": max(1, math.ceil(t.num_epochs)),
-        "save_freq": t.save_steps or steps or 1_000_000,  # any positive value saves the last step too "test_freq": t.eval_steps or -1,
+        "save_freq": t.save_steps or steps or 1_000_000,  # any positive value saves the last step too
+        "test_freq": t.eval_steps or -1,
         "val_before_train": cfg.data.eval is not None, "logger": ["console", "file"],
         "project_name": "rayalign", "experiment_name": out.name, "default_local_dir": str(out / "verl"),
         "resume_mode": "auto" if t.resume == "auto" else "disable", "max_actor_ckpt_to_keep": t.save_total_limit,

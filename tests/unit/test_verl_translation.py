@@ -114,6 +114,7 @@ def test_verl_overrides_win_and_an_unknown_key_is_named():
     v = backend.verl_config(cfg)
     assert v.actor_rollout_ref.rollout.tensor_model_parallel_size == 2 and v.actor_rollout_ref.actor.optim.lr == 3e-6
     assert list(v.trainer.logger) == ["console"]
+    assert v.trainer.test_freq == -1 and backend.verl_config(verl_recipe(**{"training.eval_steps": 5})).trainer.test_freq == 5
     assert v.algorithm.rollout_correction.rollout_is == "token" and v.algorithm.rollout_correction.rollout_is_threshold == 2.0
     with pytest.raises(ConfigError, match=rf"^verl_overrides.actor_rollout_ref.actor.lr_typo: verl {VERL_VERSION}'s "
                                           "config has no such key$"):
