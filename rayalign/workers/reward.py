@@ -11,12 +11,9 @@ it is replaced; a dead actor is replaced too, and the new one scores the dead on
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import math
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import ray
 
@@ -27,69 +24,7 @@ from rayalign.judge.parsers import unit_value
 from rayalign.rewards.registry import WeightedReward
 from rayalign.workers.group import actor_names, spawn
 from rayalign.workers.reward_model import RewardModels
-
-
-@dataclass
-class Sample:
-    prompt: Any                                   # the row's prompt (string or messages)
-    completion: str
-    metadata: dict = field(default_factory=dict)  # the row's other fields
-
-
-@dataclass
-class Scored:
-    reward: float
-    parts: dict[str, float]
-    failures: list[str] = field(default_factory=list)  # "fn 'name' timed out after 10s" ...
-    failed_terms: list[str] = field(default_factory=list)  # the term of each failure: a function name,
-    #                                                         "judge" or "reward worker"
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failures)
-
-
-def _describe(sample: Sample) -> str:
-    text = sample.completion if len(sample.completion) < 80 else sample.completion[:77] + "..."
-    return f"prompt {str(sample.prompt)[:80]!r}, completion {text!r}"
-
-
-class RewardWorker:
-    """One actor: scores samples term by term, each call bounded by ``timeout_s``."""
-
-    def __init__(self, cfg: RewardConfig):
-        self.reward, self.timeout = WeightedReward(cfg.functions), cfg.timeout_s
-        self.threads = cf.ThreadPoolExecutor(max_workers=1)
-        self.hung = False
-
-    def ready(self) -> bool:
-        return True
-
-    def _call(self, fn, kwargs: dict, sample: Sample) -> tuple[float, str | None]:
-        future = self.threads.submit(fn, sample.prompt, sample.completion, **{**sample.metadata, **kwargs})
-        try:
-            value = float(future.result(timeout=self.timeout))
-            return (value, None) if math.isfinite(value) else (0.0, f"returned {value}")
-        except cf.TimeoutError:
-            self.hung = True  # the thread cannot be stopped: new calls get a fresh one, the owner restarts us
-            self.threads = cf.ThreadPoolExecutor(max_workers=1)
-            return 0.0, f"timed out after {self.timeout:g}s"
-        except Exception as exc:  # a user function's bug must not end the run
-            return 0.0, f"raised {type(exc).__name__}: {exc}"
-
-    def score(self, samples: list[Sample]) -> tuple[list[Scored], bool]:
-        """(scores, whether a call hung and this actor should be replaced)."""
-        out = []
-        for sample in samples:
-            parts, failures, terms = {}, [], []
-            for name, _, fn, kwargs in self.reward.terms:
-                parts[name], problem = self._call(fn, kwargs, sample)
-                if problem:
-                    failures.append(f"reward fn '{name}' {problem} on {_describe(sample)}")
-                    terms.append(name)
-            total = sum(w * parts[name] for name, w, _, _ in self.reward.terms)
-            out.append(Scored(total, parts, failures, terms))
-        return out, self.hung
+from rayalign.workers.reward_worker import RewardWorker, Sample, Scored, describe
 
 
 class RewardPool:
@@ -140,7 +75,7 @@ class RewardPool:
             out.parts["judge"] = unit_value(self.judge.parser, verdict.score)
             out.reward += self.cfg.judge_weight * out.parts["judge"]
             if verdict.score is None:
-                out.failures.append(f"reward judge: {verdict.error} on {_describe(sample)}")
+                out.failures.append(f"reward judge: {verdict.error} on {describe(sample)}")
                 out.failed_terms.append("judge")
 
     def _functions(self, samples: list[Sample]) -> list[Scored]:
@@ -181,7 +116,7 @@ class RewardPool:
     @staticmethod
     def _failed(index: int, chunk: list[Sample], exc: Exception) -> list[Scored]:
         reason = str(exc).splitlines()[0][:200]
-        return [Scored(0.0, {}, [f"reward worker {index} failed ({reason}) on {_describe(s)}"], ["reward worker"])
+        return [Scored(0.0, {}, [f"reward worker {index} failed ({reason}) on {describe(s)}"], ["reward worker"])
                 for s in chunk]
 
     def shutdown(self) -> None:

@@ -1,6 +1,7 @@
 """Issue 16: DeepSpeed ZeRO as a learner backend, on CPU (DeepSpeed's CPU accelerator over gloo), 2 Ray Train
-workers of the tiny model. Every ZeRO stage trains the same model as FSDP2 (the session's baseline run): ZeRO-1,
-ZeRO-2 with the optimizer offloaded, ZeRO-3 with the parameters offloaded; checkpoints are the same HF
+workers of the tiny model. ZeRO stages train the same model as FSDP2 (the session's baseline run): ZeRO-2 with
+the optimizer offloaded, ZeRO-3 with the parameters offloaded (ZeRO-1, which differs only in
+the stage DeepSpeed is given, is left out for the suite's time); checkpoints are the same HF
 ``model/`` plus DeepSpeed's own ``deepspeed/`` state; a ZeRO-3 run whose worker is killed is restarted by
 Ray Train from its last checkpoint, and resuming that run from step 2 again gives it bit for bit;
 GRPO learners on ZeRO-3 sync weights the rollout engine verifies."""
@@ -29,18 +30,17 @@ def _max_diff(a, b) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
-@pytest.mark.parametrize("stage, offload", [(1, False), (2, True)])
-def test_zero_stages_train_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path, stage, offload):
-    """ZeRO-1, and ZeRO-2 with the optimizer offloaded (DeepSpeedCPUAdam on CPU-resident state)."""
+def test_zero2_with_the_optimizer_offloaded_trains_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_files,
+                                                                   tmp_path):
+    """ZeRO-2 with the optimizer offloaded (DeepSpeedCPUAdam on CPU-resident state)."""
     base, base_final = fsdp2_sft_run
-    out = tmp_path / f"zero{stage}"
-    final = run(_zero(tiny_model_dir, task_files, out, zero_stage=stage, offload_optimizer=offload))
+    out = tmp_path / "zero2"
+    final = run(_zero(tiny_model_dir, task_files, out, zero_stage=2, offload_optimizer=True))
     ours, theirs = read_metrics(out), read_metrics(base)
-    # DeepSpeedCPUAdam rounds differently from torch's AdamW: close, not equal; fp32 torch AdamW: summation order
-    rel, weights_within = (1e-4, 1e-4) if offload else (1e-5, 1e-6)
+    # DeepSpeedCPUAdam rounds differently from torch's AdamW: close, not equal
     for key in ("loss", "grad_norm", "lr"):
-        assert [r[key] for r in ours] == pytest.approx([r[key] for r in theirs], rel=rel), key
-    assert _max_diff(final, base_final) < weights_within
+        assert [r[key] for r in ours] == pytest.approx([r[key] for r in theirs], rel=1e-4), key
+    assert _max_diff(final, base_final) < 1e-4
     [shard] = {p.name for p in (checkpoints(out)[-1] / "deepspeed" / "state").glob("*optim_states.pt")} - {
         "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert shard == "zero_pp_rank_1_mp_rank_00_optim_states.pt"  # rank 1's shard gathered onto rank 0

@@ -1,6 +1,7 @@
 """SFT / pretraining on Ray Train with 2 workers (FSDP2 over gloo), on the tiny model: the loss goes
-down, outputs load, gradient accumulation is invariant, resume is bit-for-bit, a killed worker is
-recovered from the last checkpoint (ZeRO-3's case: test_deepspeed.py), LoRA adapters save and load with peft."""
+down and outputs load, with a worker killed mid-run and recovered from the last checkpoint (ZeRO-3's case:
+test_deepspeed.py); DDP with gradient accumulation trains FSDP2's model; resume is bit-for-bit; LoRA adapters
+save and load with peft."""
 
 import json
 import shutil
@@ -16,13 +17,18 @@ from rayalign.recipes.ray_train import run
 from train_helpers import WorkerKiller, build, recipe, weights
 
 
-def test_sft_loss_goes_down_and_outputs_load(ray_local, tiny_model_dir, task_files, tmp_path):
+def test_sft_loss_goes_down_a_killed_worker_is_recovered_and_outputs_load(ray_local, tiny_model_dir, task_files,
+                                                                         tmp_path):
     out = tmp_path / "sft"
     cfg = build(recipe(tiny_model_dir, "sft", task_files["sft"], out, eval_file=task_files["sft_eval"],
-                       max_steps=12, eval_steps=6, save_steps=6, save_total_limit=1))
+                       max_steps=12, eval_steps=6, save_steps=3, save_total_limit=1, max_failures=1))
+    killer = WorkerKiller(out, after=4)  # in step 5: Ray Train restarts the ranks from checkpoint 3
     final = run(cfg)
+    killer.join()
+    assert killer.killed.get("pid") and killer.killed["step"] < 12, killer.killed
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["step"] for r in rows] == list(range(1, 13))  # restarted steps are not listed twice
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 12
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "epoch"} <= set(rows[0])
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0  # from ~log(vocab)=6.9 on a random init
     evals = [r for r in rows if "eval_loss" in r]
@@ -47,19 +53,22 @@ def test_pretrain_packs_text(ray_local, tiny_model_dir, task_files, tmp_path):
     assert len(rows) == 3 and rows[-1]["loss"] < rows[0]["loss"]
 
 
-def test_gradient_accumulation_is_invariant(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
-    """1 x 4 micro batches against the baseline's 4 x 1: the same losses, gradient norms and weights."""
+def test_ddp_with_gradient_accumulation_trains_the_fsdp2_model(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
+    """DDP at 1 x 4 micro batches against the FSDP2 baseline's 4 x 1: the same losses, gradient norms and weights
+    (either strategy or the accumulation going wrong shows)."""
     base, base_final = fsdp2_sft_run
     out = tmp_path / "m1a4"
     final = run(build(recipe(tiny_model_dir, "sft", task_files["sft"], out, micro_batch_size=1,
-                             gradient_accumulation_steps=4)))
+                             gradient_accumulation_steps=4), scaling={"strategy": "ddp"}))
     ma, mb = read_metrics(base), read_metrics(out)
     for key in ("loss", "grad_norm"):  # a wrongly scaled accumulated gradient shows in its norm
         assert [r[key] for r in ma] == pytest.approx([r[key] for r in mb], rel=1e-4, abs=1e-5), key
     wa, wb = weights(base_final), weights(final)
     # Adam divides by sqrt(v): float noise of summation order in tiny gradients shows up to ~2e-5 per step
-    # at lr 1e-3; a wrong accumulation would be off by the whole update (~1e-3)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    # at lr 1e-3; a wrong accumulation would be off by the whole update (~1e-3). DDP's save leaves out the tied
+    # lm_head.weight that FSDP2's full state dict holds (both load the same model)
+    assert set(wb) == set(wa) - {"lm_head.weight"}
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wb) < 1e-4
 
 
 def test_resume_is_bit_for_bit(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
@@ -88,19 +97,6 @@ def test_resume_is_bit_for_bit(fsdp2_sft_run, tiny_model_dir, task_files, tmp_pa
         run(build(d, training={"resume": "auto", "stop_after_steps": None}))
 
 
-def test_worker_killed_mid_run_recovers_from_checkpoint(ray_local, tiny_model_dir, task_files, tmp_path):
-    out = tmp_path / "kill"
-    cfg = build(recipe(tiny_model_dir, "sft", task_files["sft"], out, max_steps=16, save_steps=2,
-                       max_failures=1, micro_batch_size=2))
-    killer = WorkerKiller(out, after=3)
-    final = run(cfg)
-    killer.join()
-    assert killer.killed.get("pid") and killer.killed["step"] < 16
-    rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, 17))  # restarted steps are not listed twice
-    assert final is not None and json.loads((out / "trainer_state.json").read_text())["step"] == 16
-
-
 def test_lora_adapter_saved_and_loadable_with_peft(ray_local, tiny_model_dir, task_files, tmp_path):
     from peft import PeftModel
 
@@ -118,12 +114,6 @@ def test_lora_adapter_saved_and_loadable_with_peft(ray_local, tiny_model_dir, ta
         assert torch.allclose(lora(ids).logits, merged(ids).logits, atol=1e-4)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         assert not torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-4)
-
-
-def test_ddp_and_fsdp2_give_the_same_model(fsdp2_sft_run, tiny_model_dir, task_files, tmp_path):
-    ddp = run(build(recipe(tiny_model_dir, "sft", task_files["sft"], tmp_path / "ddp"), scaling={"strategy": "ddp"}))
-    wd, wf = weights(ddp), weights(fsdp2_sft_run[1])
-    assert max((wd[k] - wf[k]).abs().max().item() for k in wd) < 1e-5
 
 
 @pytest.mark.parametrize("trainer", ["sft", "dpo"])

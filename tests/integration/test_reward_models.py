@@ -1,6 +1,8 @@
 """Reward models as reward terms on a real Ray: actors score as the classifier does, normalisation runs over the
 whole run, and a GRPO run rewarded by a reward model alone resumes exactly (the running moments ride in the
-checkpoints)."""
+checkpoints). That run is also GRPO's resume test on the HF engine, with the reference actor: a stopped and
+resumed run equals the straight one, a run's directory is not reused without --resume, a finished run is not
+continued."""
 
 import json
 
@@ -11,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from rayalign.checkpoint import checkpoints
 from rayalign.config import RewardConfig, RewardFnConfig, RewardModelConfig
 from rayalign.data.collate import tokenize_preference
+from rayalign.errors import UserError
 from rayalign.metrics import read_metrics
 from rayalign.recipes.grpo import run
 
@@ -67,7 +70,7 @@ def test_grpo_on_a_reward_model_alone_resumes_exactly(ray_local, tiny_model_dir,
     prompts = prompt_file(tmp_path)
 
     def recipe(out, **training):
-        cfg = grpo_recipe(tiny_model_dir, prompts, out, kl_coef=0.0, max_steps=3, save_steps=1, save_total_limit=None,
+        cfg = grpo_recipe(tiny_model_dir, prompts, out, max_steps=3, save_steps=1, save_total_limit=None,
                           **training)
         reward = {"models": [{"path": str(tiny_reward_model_dir), "normalize": True, "max_length": 96}],
                   "num_cpus": 0.25}
@@ -85,7 +88,13 @@ def test_grpo_on_a_reward_model_alone_resumes_exactly(ray_local, tiny_model_dir,
         std = (seen["m2"] / (seen["count"] - 1)) ** 0.5
         assert m["reward_mean"] == pytest.approx((m["reward/reward_model"] - seen["mean"]) / std, abs=1e-4)
 
+    assert metrics[0]["kl"] == pytest.approx(0, abs=1e-7) and metrics[2]["kl"] > 1e-6  # the reference actor's KL
+
     assert run(recipe(tmp_path / "b", stop_after_steps=1)) is None
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        run(recipe(tmp_path / "b"))
     resumed = run(recipe(tmp_path / "b", resume="auto"))
     assert_same_run(tmp_path / "a", tmp_path / "b", straight, resumed,
-                    ("reward_mean", "reward/reward_model", "loss", "grad_norm"))
+                    ("reward_mean", "reward/reward_model", "loss", "grad_norm", "kl", "mismatch_kl", "response_length"))
+    with pytest.raises(UserError, match="already finished 3 steps"):
+        run(recipe(tmp_path / "b", resume="auto"))

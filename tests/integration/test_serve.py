@@ -165,10 +165,11 @@ def _live(proc: psutil.Process) -> bool:
         return False
 
 
-def engine_processes(timeout: float = 120) -> list[psutil.Process]:
+def engine_processes(timeout: float = 300) -> list[psutil.Process]:
     """The live processes under the Serve replica's actor (Ray titles it ``ray::ServeReplica:<app>:<deployment>``),
     once vLLM's engine core is among them: a replica Serve is replacing has none for a while. The kernel keeps 15
-    characters of a title (``VLLM::EngineCor``), which is what a process that is exiting shows."""
+    characters of a title (``VLLM::EngineCor``), which is what a process that is exiting shows. The wait is long: on
+a loaded 2-core CI machine, 120 s once passed with the replica's two children not yet showing an engine core."""
     deadline = time.monotonic() + timeout
     while True:
         replicas = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rayalign:OpenAIServer"

@@ -1,8 +1,8 @@
 """Issue 20: SIGTERM (a preemption) and SIGINT (Ctrl-C) stop a training run at the next step boundary
 with a checkpoint, one line naming it and the resume command, exit 143 / 130, and no process of the run
 left behind; ``--resume`` then finishes with every step logged once. The SFT case is also `rayalign train`
-as a user runs it (relative paths, an override, a finished run not replaced), and its final directory loads
-in vLLM and scores like transformers."""
+as a user runs it (relative paths, an override, a finished run not replaced); that a trained final directory
+loads in vLLM is the pipeline test's (test_letter_count_pipeline.py: its SFT model is evaluated and sampled there)."""
 
 import json
 import os
@@ -21,7 +21,6 @@ from rl_helpers import grpo_recipe, prompt_file
 from train_helpers import ours_traceback, recipe
 
 EXE = str(Path(sys.executable).parent / "rayalign")
-PROMPT = "<|im_start|>user\nHow many 'r' in 'strawberry'?<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _steps(out: Path) -> list[int]:
@@ -55,7 +54,7 @@ def assert_no_orphans(tree):
     assert not left, f"processes of the run left behind: {left}"
 
 
-def test_sigterm_checkpoints_sft_resume_finishes_and_final_loads_in_vllm(tiny_model_dir, task_files, tmp_path):
+def test_sigterm_checkpoints_sft_and_resume_finishes(tiny_model_dir, task_files, tmp_path):
     # relative model and output paths, as recipes have (workers resolve them), and a dotted override
     cfg = tmp_path / "sft.yaml"
     cfg.write_text(yaml.safe_dump(recipe(os.path.relpath(tiny_model_dir, tmp_path), "sft", task_files["sft"], "out",
@@ -80,27 +79,6 @@ def test_sigterm_checkpoints_sft_resume_finishes_and_final_loads_in_vllm(tiny_mo
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["learning_rate"] == 2e-3
     again = subprocess.run([EXE, "train", "-c", str(cfg)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert again.returncode == 2 and "already holds checkpoints of a run" in again.stderr
-    assert_scores_in_vllm_as_in_transformers(out / "final")
-
-
-def assert_scores_in_vllm_as_in_transformers(final: Path):
-    """The final directory loads in vLLM, whose prompt log-probs match transformers' on the same model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from vllm import LLM, SamplingParams
-
-    ids = AutoTokenizer.from_pretrained(final)(PROMPT, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = AutoModelForCausalLM.from_pretrained(final)(torch.tensor([ids])).logits[0]
-    expected = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
-    llm = LLM(model=str(final), dtype="float32", gpu_memory_utilization=0.2, max_model_len=256,
-              enforce_eager=True, seed=0)
-    try:
-        scored = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
-        got = [next(iter(lp.values())).logprob for lp in scored.prompt_logprobs[1:]]
-        assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-3
-    finally:
-        del llm
 
 
 def test_ctrl_c_checkpoints_grpo_with_exit_130(tiny_model_dir, tmp_path):
