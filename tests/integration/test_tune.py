@@ -110,8 +110,7 @@ def test_pbt_exploit_continues_from_the_other_trials_checkpoint(tiny_model_dir, 
     path = sweep_file(tmp_path, tiny_model_dir, task_files, name="pbt", **{
         "tune.search_space": {"training.learning_rate": {"grid": [1e-6, 5e-3]}},
         "tune.scheduler": {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
-        "training.max_steps": 8, "training.logging_steps": 2, "training.eval_steps": 2, "training.save_steps": 2,
-        "training.save_total_limit": None})
+        "training.save_steps": 4, "training.save_total_limit": None})  # 16 steps: at 8 no exploit came, once
     done = tune(path)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "pbt"
@@ -127,8 +126,8 @@ def test_pbt_exploit_continues_from_the_other_trials_checkpoint(tiny_model_dir, 
     taker, first = copied[0]
     logged = read_metrics(sweep / "trials" / taker)
     # its own rows up to the donor's step, then on from there: nothing lost, nothing repeated, not from 0
-    assert [m["step"] for m in logged] == [2, 4, 6, 8], logged
-    if first != "checkpoint-000008":  # exploited mid-run (timing decides where PBT first can)
+    assert [m["step"] for m in logged] == [4, 8, 12, 16], logged
+    if first != "checkpoint-000016":  # exploited mid-run (timing decides where PBT first can)
         # it trained on at the rate PBT's explore step gave it, not at the donor checkpoint's
         [final] = [r for r in results(sweep) if r["trial_id"] == taker]
         assert logged[-1]["lr"] == pytest.approx(float(final["training.learning_rate"]), rel=1e-9)
