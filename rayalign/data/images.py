@@ -57,19 +57,25 @@ def absolute(ref: str, base: Path) -> str:
     return str((base / ref).resolve())
 
 
-def _read(ref: str, base: Path | None) -> bytes:
-    k = kind(ref)
-    if k == "url":
+def _read(ref: str) -> bytes:
+    """The bytes of a URL or base64 reference."""
+    if kind(ref) == "url":
         with urllib.request.urlopen(ref, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 (http(s) only, above)
             return response.read()
-    if k == "base64":
-        return _decode(ref)
-    return Path(absolute(ref, base) if base is not None else ref).read_bytes()
+    return _decode(ref)
+
+
+def source(ref: str, base: Path | None = None) -> str | io.BytesIO:
+    """What ``PIL.Image.open`` takes for ``ref``: a file's path (opened lazily: its size reads the header only),
+    or the bytes of a URL or base64."""
+    if kind(ref) == "path":
+        return absolute(ref, base) if base is not None else ref
+    return io.BytesIO(_read(ref))
 
 
 def open_image(ref: str, base: Path | None = None) -> Image.Image:
     """The image ``ref`` names, decoded, as RGB."""
-    with Image.open(io.BytesIO(_read(ref, base))) as image:
+    with Image.open(source(ref, base)) as image:
         return image.convert("RGB")
 
 

@@ -48,3 +48,37 @@ def test_tiny_llava_loads_in_hf_and_vllm_and_they_answer_alike(tiny_vlm):
         assert list(out.outputs[0].token_ids) == expected
     finally:
         del llm
+
+
+def test_vl_rows_tokenise_as_the_processor_does_with_assistant_labels_and_collate_for_the_model(tiny_vlm, tmp_path):
+    from rayalign.config import DatasetSource
+    from rayalign.data.loading import load_source
+    from rayalign.data.tokenize import IGNORE
+    from rayalign.data.visual_tasks import write_rows
+    from rayalign.data.vl_tokenize import collate_vl, tokenize_vl_conversation
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm).eval()
+    examples = generate_visual("shape_count", 2, seed=5)
+    write_rows(examples, "vl_sft", tmp_path / "train.jsonl")
+    rows = load_source(DatasetSource(path=str(tmp_path / "train.jsonl")), "vl_sft").to_list()
+    tokens = [tokenize_vl_conversation(processor, r["messages"], 256) for r in rows]
+    for ex, row, tok in zip(examples, rows, tokens):
+        text = processor.apply_chat_template(row["messages"], tokenize=False)
+        assert tok["input_ids"] == processor(text=[text], images=[ex.image])["input_ids"][0]
+        assert tok["images"] == [row["messages"][0]["content"][0]["image"]] and not tok["truncated"]
+        learned = [t for t in tok["labels"] if t != IGNORE]
+        assert processor.tokenizer.decode(learned) == ex.solution + "<|im_end|>"  # the assistant's turn only
+
+    cut = tokenize_vl_conversation(processor, rows[0]["messages"], 30)  # the 49 image tokens do not fit
+    assert cut["truncated"] and cut["images"] == [] and processor.image_token_id not in cut["input_ids"]
+
+    batch = collate_vl(processor, tokens, processor.tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape == (2, 3, 112, 112)
+    direct = processor(text=[processor.apply_chat_template(r["messages"], tokenize=False) for r in rows],
+                       images=[ex.image for ex in examples], return_tensors="pt", padding=True)
+    assert torch.equal(batch["pixel_values"], direct["pixel_values"])
+    with torch.no_grad():
+        loss = model(**batch).loss
+        again = model(**{**direct, "labels": batch["labels"]}).loss
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(again.item(), rel=1e-6)
