@@ -280,26 +280,37 @@ def data_validate(
 
 @data_app.command("make")
 def data_make(
-    task: str = typer.Argument(..., help="letter_count | arithmetic | countdown"),
+    task: str = typer.Argument(..., help="letter_count | arithmetic | countdown | shape_count | shape_colour"),
     n: int = typer.Option(100, "--n", min=1, help="rows"),
-    out: Path = typer.Option(..., "--out", "-o", help="output .jsonl"),
-    fmt: str = typer.Option("prompt", "--format", "-f", help="sft | preference | kto | prompt | text"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .jsonl (visual tasks: images in <stem>_images/)"),
+    fmt: str = typer.Option("prompt", "--format", "-f",
+                            help="sft | preference | kto | prompt | text; visual tasks: vl_sft | vl_prompt"),
     seed: int = typer.Option(0, help="generator seed"),
     split: str = typer.Option("train", help="train | test (letter_count: held-out words)"),
     force: bool = ForceOpt,
 ) -> None:
-    """Generate a built-in verifiable task as JSONL in any data format."""
+    """Generate a built-in verifiable task as JSONL in any data format (visual tasks: with their PNGs)."""
+    from rayalign.data.formats import VL_FORMATS
     from rayalign.data.tasks import TASKS, generate, to_row
+    from rayalign.data.visual_tasks import VISUAL_TASKS, generate_visual, write_rows
     from rayalign.outputs import check_file, write_text
 
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+    if task not in TASKS and task not in VISUAL_TASKS:
+        raise UserError(f"unknown task '{task}' (known: {', '.join([*TASKS, *VISUAL_TASKS])})")
     _check_format(fmt)
+    visual = task in VISUAL_TASKS
+    if visual != (fmt in VL_FORMATS):
+        kind, takes = ("a visual", ", ".join(VL_FORMATS)) if visual else ("a text", "sft, preference, kto, prompt, text")
+        raise UserError(f"--format: {task} is {kind} task; its formats are {takes}, not '{fmt}'")
     check_file(out, "--out", force)
     try:
-        examples = generate(task, n, seed, split)
+        examples = (generate_visual if visual else generate)(task, n, seed, split)
     except KeyError as exc:
         raise UserError(f"--split: {exc.args[0]}") from None
+    if visual:
+        images = write_rows(examples, fmt, out)
+        typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}, their images in {images}")
+        return
     write_text(out, "".join(json.dumps(to_row(ex, fmt, i)) + "\n" for i, ex in enumerate(examples)))
     typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}")
 
@@ -325,20 +336,25 @@ def data_pairs(
 @models_app.command("create-tiny")
 def models_create_tiny(
     out: Path = typer.Argument(..., help="output directory"),
-    arch: str = typer.Option("qwen2", help="qwen2 | llama"),
+    arch: str = typer.Option("qwen2", help="qwen2 | llama | llava (a vision-language model with its processor)"),
     layers: int = typer.Option(2, min=1), hidden: int = typer.Option(128, min=64),
     vocab: int = typer.Option(1024, help="BPE vocabulary size (upper bound)"),
     seed: int = typer.Option(0),
     force: bool = ForceOpt,
 ) -> None:
     """Write a tiny random HF model with a task-trained BPE tokenizer (loads in HF and vLLM)."""
-    from rayalign.models.tiny import check_sizes, create_tiny
+    from rayalign.models.tiny import ARCHS, check_sizes, create_tiny
+    from rayalign.models.tiny_vlm import VL_ARCHS, create_tiny_vlm
     from rayalign.outputs import check_dir, staged
 
-    check_sizes(arch, hidden, vocab)
+    if arch not in ARCHS + VL_ARCHS:
+        raise UserError(f"--arch must be one of {', '.join(ARCHS + VL_ARCHS)}, got '{arch}'")
+    vision = arch in VL_ARCHS
+    check_sizes("qwen2" if vision else arch, hidden, vocab)  # a VLM's language model is the tiny Qwen2
     check_dir(out, "OUT", force)
     with staged(out) as tmp:
-        create_tiny(tmp, arch=arch, layers=layers, hidden=hidden, vocab=vocab, seed=seed)
+        (create_tiny_vlm if vision else create_tiny)(tmp, arch=arch, layers=layers, hidden=hidden, vocab=vocab,
+                                                     seed=seed)
     typer.echo(f"tiny {arch} model written to {out}")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DataFormat = Literal["sft", "preference", "kto", "prompt", "text"]
+DataFormat = Literal["sft", "preference", "kto", "prompt", "text", "vl_sft", "vl_prompt"]
 Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo", "verl_grpo"]
 RL_TRAINERS = ("grpo", "verl_grpo")  # online RL: rayalign's roles, or verl's trainer (backends/verl.py)
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
@@ -66,7 +66,7 @@ class DatasetSource(Section):
 
 
 class DataSplitConfig(Section):
-    format: DataFormat = Field(..., description="row format: sft | preference | kto | prompt | text")
+    format: DataFormat = Field(..., description="row format: sft | preference | kto | prompt | text | vl_sft | vl_prompt")
     datasets: list[DatasetSource] = Field(..., min_length=1, description="sources, mixed by weight")
     mixture: Literal["first_exhausted", "all_exhausted"] = Field(
         "first_exhausted", description="when a weighted mixture stops (HF interleave_datasets)"

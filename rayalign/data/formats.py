@@ -6,6 +6,10 @@
 - ``kto``        unpaired: ``{"prompt", "completion", "label": bool}`` (strings or message lists)
 - ``prompt``     RL prompts: ``{"prompt": str | messages, ...metadata}``; metadata goes to reward fns
 - ``text``       pretraining: ``{"text": str}``
+- ``vl_sft``     vision-language conversation: ``sft`` whose message contents may be lists of parts,
+                 ``{"type": "text", "text": str}`` and ``{"type": "image", "image": path | URL | base64}``
+                 (images in system and user turns only; ``data/images.py`` reads them)
+- ``vl_prompt``  vision-language RL prompts: ``{"prompt": messages with parts, ...metadata}``
 """
 
 from __future__ import annotations
@@ -98,13 +102,87 @@ def check_text(row: dict) -> Problems:
     return _text(row.get("text"), "text")
 
 
+IMAGE_ROLES = ("system", "user")
+
+
+def _parts(content: Any, where: str, role: Any) -> Problems:
+    """A vision-language message's content: a string, or a non-empty list of text and image parts."""
+    if isinstance(content, str):
+        return []
+    if not isinstance(content, list) or not content:
+        got = "missing" if content is None else ("an empty list" if content == [] else type(content).__name__)
+        return [(where, f"must be a string or a list of parts, got {got}")]
+    problems: Problems = []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                problems.append((f"{at}.text", "must be a string"))
+        elif kind == "image":
+            if role not in IMAGE_ROLES:
+                problems.append((at, f"is an image in a {role} turn; images go in {' or '.join(IMAGE_ROLES)} turns"))
+            elif not isinstance(part.get("image"), str) or not part["image"].strip():
+                problems.append((f"{at}.image", "must name an image: a path, URL or base64"))
+        else:
+            problems.append((f"{at}.type" if isinstance(part, dict) else at,
+                             f"must be 'text' or 'image', got {kind!r}" if isinstance(part, dict)
+                             else f"must be an object with 'type', got {type(part).__name__}"))
+    return problems
+
+
+def _vl_messages(value: Any, field: str, *, need_assistant: bool) -> Problems:
+    if not isinstance(value, list) or not value:
+        return [(field, "must be a non-empty list of messages")]
+    problems: Problems = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            problems.append((f"{field}[{i}]", f"must be an object with 'role' and 'content', got {type(msg).__name__}"))
+            continue
+        if msg.get("role") not in ROLES:
+            problems.append((f"{field}[{i}].role", f"must be one of {', '.join(ROLES)}, got {msg.get('role')!r}"))
+        problems += _parts(msg.get("content"), f"{field}[{i}].content", msg.get("role"))
+    if need_assistant and not problems and not any(m.get("role") == "assistant" for m in value):
+        problems.append((field, "has no assistant message to learn from"))
+    return problems
+
+
+def check_vl_sft(row: dict) -> Problems:
+    if "messages" not in row:
+        return [("messages", "is missing")]
+    return _vl_messages(row["messages"], "messages", need_assistant=True)
+
+
+def check_vl_prompt(row: dict) -> Problems:
+    if "prompt" not in row:
+        return [("prompt", "is missing")]
+    return _vl_messages(row["prompt"], "prompt", need_assistant=False)
+
+
+def image_parts(row: dict, fmt: str) -> list[tuple[str, dict]]:
+    """(field path, part) of every image part of a valid ``vl_sft`` / ``vl_prompt`` row."""
+    key = "messages" if fmt == "vl_sft" else "prompt"
+    return [(f"{key}[{i}].content[{j}]", part) for i, msg in enumerate(row[key])
+            if isinstance(msg["content"], list) for j, part in enumerate(msg["content"]) if part["type"] == "image"]
+
+
+def as_parts(row: dict, fmt: str) -> dict:
+    """A valid vision-language row with every message content a list of parts: Arrow stores one form per field."""
+    key = "messages" if fmt == "vl_sft" else "prompt"
+    return {**row, key: [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
+                          else m["content"]} for m in row[key]]}
+
+
 CHECKS: dict[str, Callable[[dict], Problems]] = {
     "sft": check_sft,
     "preference": check_preference,
     "kto": check_kto,
     "prompt": check_prompt,
     "text": check_text,
+    "vl_sft": check_vl_sft,
+    "vl_prompt": check_vl_prompt,
 }
+VL_FORMATS = ("vl_sft", "vl_prompt")
 
 
 def check_row(row: Any, fmt: str) -> Problems:

@@ -10,11 +10,13 @@ over-long row) can still name it after mixing and shuffling: ``row_location``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 
 from rayalign.config import DatasetSource, DataSplitConfig
-from rayalign.data.formats import check_row
+from rayalign.data import images
+from rayalign.data.formats import VL_FORMATS, as_parts, check_row, image_parts
 from rayalign.data.sources import BadJSON, iter_rows
 from rayalign.errors import DataError
 
@@ -32,12 +34,26 @@ def _row_problem(row, fmt: str) -> str | None:
     return f"field '{fieldname}' {problem}{more}"
 
 
+def _with_images(row: dict, fmt: str, base: Path) -> tuple[dict, str | None]:
+    """A vision-language row with its image paths made absolute (workers run elsewhere), or the first image that
+    cannot be read (paths against ``base``, the data file's folder)."""
+    row = as_parts(row, fmt)
+    for at, part in image_parts(row, fmt):
+        problem = images.problem(part["image"], base)
+        if problem:
+            return row, f"field '{at}.image' {problem}"
+        part["image"] = images.absolute(part["image"], base)
+    return row, None
+
+
 def load_source(source: DatasetSource, fmt: str) -> datasets.Dataset:
     """All rows of one source, validated as ``fmt``, with their locations (column ``WHERE``); raises on
     the first bad row."""
     rows, where = [], []
     for location, row in iter_rows(source.path, source.split, source.revision):
         problem = _row_problem(row, fmt)
+        if problem is None and fmt in VL_FORMATS:
+            row, problem = _with_images(row, fmt, Path(source.path).parent)
         if problem:
             raise DataError(f"{location}: {problem} (format '{fmt}'; "
                             f"`rayalign data validate {source.path} --format {fmt}` lists every bad row)")
@@ -100,6 +116,8 @@ def validate_file(path: str, fmt: str, max_report: int = 20, split: str = "train
     for location, row in iter_rows(path, split):
         report.rows += 1
         problem = _row_problem(row, fmt)
+        if problem is None and fmt in VL_FORMATS:
+            _, problem = _with_images(row, fmt, Path(path).parent)
         if problem:
             report.bad_count += 1
             if len(report.bad) < max_report:

@@ -21,6 +21,7 @@ from rayalign.data.tasks import TASKS, WORDS, generate
 from rayalign.errors import UserError
 
 HEAD_DIM = 64
+ARCHS = ("qwen2", "llama")
 PAD, BOS, IM_START, IM_END = "<|endoftext|>", "<|startoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, IM_START, IM_END]
 # ChatML, as Qwen2 uses: the assistant turn ends with <|im_end|>, which is also the stop token.
@@ -41,7 +42,8 @@ def task_corpus(n_per_task: int = 2000, seed: int = 0) -> list[str]:
     return texts
 
 
-def train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(vocab_size: int, extra_texts: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on the text tasks (and ``extra_texts``: the visual tasks' for a tiny VLM)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -49,7 +51,7 @@ def train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(task_corpus(), trainer=trainer)
+    tok.train_from_iterator(task_corpus() + (extra_texts or []), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
         chat_template=CHAT_TEMPLATE, model_max_length=2048,
@@ -61,7 +63,7 @@ def check_sizes(arch: str, hidden: int, vocab: int) -> None:
         raise UserError(f"--hidden must be a multiple of {HEAD_DIM} (head_dim), got {hidden}")
     if vocab < 300:
         raise UserError(f"--vocab must be at least 300 (256 bytes + special tokens), got {vocab}")
-    if arch not in ("qwen2", "llama"):
+    if arch not in ARCHS:
         raise UserError(f"--arch must be qwen2 or llama, got '{arch}'")
 
 
