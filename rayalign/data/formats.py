@@ -115,7 +115,10 @@ def _parts(content: Any, where: str, role: Any) -> Problems:
     problems: Problems = []
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(part, dict):
+            problems.append((at, f"must be an object with 'type', got {type(part).__name__}"))
+            continue
+        kind = part.get("type")
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 problems.append((f"{at}.text", "must be a string"))
@@ -125,9 +128,7 @@ def _parts(content: Any, where: str, role: Any) -> Problems:
             elif not isinstance(part.get("image"), str) or not part["image"].strip():
                 problems.append((f"{at}.image", "must name an image: a path, URL or base64"))
         else:
-            problems.append((f"{at}.type" if isinstance(part, dict) else at,
-                             f"must be 'text' or 'image', got {kind!r}" if isinstance(part, dict)
-                             else f"must be an object with 'type', got {type(part).__name__}"))
+            problems.append((f"{at}.type", f"must be 'text' or 'image', got {kind!r}"))
     return problems
 
 
@@ -159,16 +160,21 @@ def check_vl_prompt(row: dict) -> Problems:
     return _vl_messages(row["prompt"], "prompt", need_assistant=False)
 
 
+def _vl_key(fmt: str) -> str:
+    """The field holding a vision-language row's messages."""
+    return "messages" if fmt == "vl_sft" else "prompt"
+
+
 def image_parts(row: dict, fmt: str) -> list[tuple[str, dict]]:
-    """(field path, part) of every image part of a valid ``vl_sft`` / ``vl_prompt`` row."""
-    key = "messages" if fmt == "vl_sft" else "prompt"
+    """(field path, part) of every image part of a valid ``vl_sft`` / ``vl_prompt`` row, in order."""
+    key = _vl_key(fmt)
     return [(f"{key}[{i}].content[{j}]", part) for i, msg in enumerate(row[key])
             if isinstance(msg["content"], list) for j, part in enumerate(msg["content"]) if part["type"] == "image"]
 
 
 def as_parts(row: dict, fmt: str) -> dict:
     """A valid vision-language row with every message content a list of parts: Arrow stores one form per field."""
-    key = "messages" if fmt == "vl_sft" else "prompt"
+    key = _vl_key(fmt)
     return {**row, key: [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
                           else m["content"]} for m in row[key]]}
 

@@ -87,18 +87,19 @@ def problem(ref, base: Path) -> str | None:
     k = kind(ref)
     if k == "url":
         return None
+    path = absolute(ref, base)
     try:
-        data = _decode(ref) if k == "base64" else Path(absolute(ref, base)).read_bytes()
+        data = _decode(ref) if k == "base64" else Path(path).read_bytes()
     except (binascii.Error, ValueError):
         return "is not valid base64"
     except FileNotFoundError:
-        return f"names {absolute(ref, base)}, which does not exist"
+        return f"names {path}, which does not exist"
     except OSError as exc:
-        return f"names {absolute(ref, base)}, which cannot be read ({exc.strerror or exc})"
+        return f"names {path}, which cannot be read ({exc.strerror or exc})"
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()  # the whole file: a truncated PNG fails here, not in a worker mid-run
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        what = "its base64" if k == "base64" else absolute(ref, base)
+        what = "its base64" if k == "base64" else path
         return f"{what} is not an image PIL can read ({type(exc).__name__}: {exc})"
     return None

@@ -34,9 +34,12 @@ def _row_problem(row, fmt: str) -> str | None:
     return f"field '{fieldname}' {problem}{more}"
 
 
-def _with_images(row: dict, fmt: str, base: Path) -> tuple[dict, str | None]:
-    """A vision-language row with its image paths made absolute (workers run elsewhere), or the first image that
-    cannot be read (paths against ``base``, the data file's folder)."""
+def _checked(row, fmt: str, base: Path) -> tuple[dict, str | None]:
+    """(the row as it is loaded, its first problem or None). A vision-language row also has every image read (paths
+    against ``base``, the data file's folder) and its paths made absolute, for workers that run elsewhere."""
+    problem = _row_problem(row, fmt)
+    if problem is not None or fmt not in VL_FORMATS:
+        return row, problem
     row = as_parts(row, fmt)
     for at, part in image_parts(row, fmt):
         problem = images.problem(part["image"], base)
@@ -51,9 +54,7 @@ def load_source(source: DatasetSource, fmt: str) -> datasets.Dataset:
     the first bad row."""
     rows, where = [], []
     for location, row in iter_rows(source.path, source.split, source.revision):
-        problem = _row_problem(row, fmt)
-        if problem is None and fmt in VL_FORMATS:
-            row, problem = _with_images(row, fmt, Path(source.path).parent)
+        row, problem = _checked(row, fmt, Path(source.path).parent)
         if problem:
             raise DataError(f"{location}: {problem} (format '{fmt}'; "
                             f"`rayalign data validate {source.path} --format {fmt}` lists every bad row)")
@@ -115,9 +116,7 @@ def validate_file(path: str, fmt: str, max_report: int = 20, split: str = "train
     report = ValidationReport(path, fmt)
     for location, row in iter_rows(path, split):
         report.rows += 1
-        problem = _row_problem(row, fmt)
-        if problem is None and fmt in VL_FORMATS:
-            _, problem = _with_images(row, fmt, Path(path).parent)
+        _, problem = _checked(row, fmt, Path(path).parent)
         if problem:
             report.bad_count += 1
             if len(report.bad) < max_report:

@@ -17,13 +17,8 @@ import torch
 from PIL import Image
 
 from rayalign.data import images as image_refs
+from rayalign.data.formats import image_parts
 from rayalign.data.tokenize import IGNORE, assistant_spans
-
-
-def image_parts(messages: list[dict]) -> list[str]:
-    """The image references of a conversation, in order."""
-    return [part["image"] for msg in messages if isinstance(msg["content"], list)
-            for part in msg["content"] if part["type"] == "image"]
 
 
 def _tokens_per_image(processor, ref: str) -> int:
@@ -38,7 +33,7 @@ def tokenize_vl_conversation(processor, messages: list[dict], max_length: int) -
     tokenizer, image_id = processor.tokenizer, processor.image_token_id
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    refs = image_parts(messages)
+    refs = [part["image"] for _, part in image_parts({"messages": messages}, "vl_sft")]
     ids: list[int] = []
     labels: list[int] = []
     kept: list[str] = []
