@@ -12,17 +12,28 @@ from dataclasses import dataclass, fields
 import torch
 
 
+def _moved(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class _Batch:
     def to(self, device: torch.device | str) -> "_Batch":
-        return type(self)(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
-                             for f in fields(self)})
+        return type(self)(**{f.name: _moved(getattr(self, f.name), device) for f in fields(self)})
 
     def select(self, rows: list[int]) -> "_Batch":
-        """The given rows (dim 0) of every tensor field."""
+        """The given rows (dim 0) of every tensor field, and of every per-row list."""
         index = torch.tensor(rows, dtype=torch.long)
-        return type(self)(**{f.name: (v[index] if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
-                             for f in fields(self)})
+
+        def pick(v):
+            if isinstance(v, torch.Tensor):
+                return v[index]
+            return [v[i] for i in rows] if isinstance(v, list) else v
+        return type(self)(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
 
 @dataclass
@@ -31,6 +42,16 @@ class SFTBatch(_Batch):
     attention_mask: torch.Tensor  # [B, L] 1 = real token
     labels: torch.Tensor          # [B, L] target ids; -100 = no loss (prompt, padding)
     position_ids: torch.Tensor    # [B, L] restart at 0 per packed document
+
+
+@dataclass
+class VLSFTBatch(_Batch):
+    """Vision-language SFT: image tokens in ``input_ids`` stand where the processor expanded each image."""
+    input_ids: torch.Tensor       # [B, L] token ids, image tokens included
+    attention_mask: torch.Tensor  # [B, L]
+    labels: torch.Tensor          # [B, L] assistant tokens; -100 on the prompt, the image tokens and padding
+    images: dict                  # the image processor's tensors for the batch's images in row order
+    #                               (``pixel_values`` [I, C, H, W], and e.g. ``image_sizes``); empty without images
 
 
 @dataclass
@@ -76,3 +97,5 @@ class RolloutBatch(_Batch):
     policy_version: int = 0        # the weights that sampled it: the learners' after this many steps
     old_values: torch.Tensor | None = None  # ppo: [N, L-1] the critic's values before this step's update
     returns: torch.Tensor | None = None     # ppo: [N, L-1] GAE returns, the critic's targets
+    images: list | None = None              # vision-language prompts: per row, the prompt's images (PIL), whose
+    #                                         tokens ``input_ids`` hold; every forward runs them through the processor

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DataFormat = Literal["sft", "preference", "kto", "prompt", "text", "vl_sft", "vl_prompt"]
-Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo", "verl_grpo"]
+Trainer = Literal["sft", "pretrain", "dpo", "kto", "reward_model", "grpo", "verl_grpo", "vl_sft"]
 RL_TRAINERS = ("grpo", "verl_grpo")  # online RL: rayalign's roles, or verl's trainer (backends/verl.py)
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
@@ -50,7 +50,10 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
     attn_implementation: AttnImplementation | None = Field(
         "sdpa", description="transformers attention backend; null: transformers' default")
-    lora: LoraConfig | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning "
+                                    "(a vision-language model: on its language model only)")
+    freeze_vision: bool = Field(False, description="vision-language models: keep the vision tower's weights fixed "
+                                "(the projector and the language model train)")
 
 
 class DatasetSource(Section):
@@ -73,6 +76,9 @@ class DataSplitConfig(Section):
     )
     shuffle: bool = Field(True, description="shuffle rows (seeded by training.seed)")
     max_length: int = Field(1024, gt=0, description="tokens per sequence; longer rows are truncated")
+    max_image_side: int | None = Field(
+        None, gt=0, description="vl formats: an image whose longer side exceeds this many pixels is downscaled to it "
+        "(aspect kept) before the processor, bounding its tokens on dynamic-resolution models; null: as stored")
     packing: bool = Field(False, description="pack several rows into each max_length sequence")
 
 
@@ -451,7 +457,8 @@ class EvalTaskConfig(Section):
     kind: Literal["generate", "multiple_choice", "perplexity", "judge", "reward_model"] = Field(
         ..., description="verifiable generation | log-likelihood choice | text perplexity | judge score | "
         "reward-model score")
-    task: str | None = Field(None, description="generate: built-in task (letter_count | arithmetic | countdown)")
+    task: str | None = Field(None, description="generate: built-in task (letter_count | arithmetic | countdown; "
+                             "visual, for a vision-language model: shape_count | shape_colour)")
     path: str | None = Field(None, description="multiple_choice: JSONL; perplexity: text file; judge, "
                              "reward_model: prompts JSONL; null = the built-in set")
     num_samples: int = Field(100, gt=0, description="examples (generated tasks; first N rows of files)")
@@ -527,7 +534,7 @@ class ClusterConfig(Section):
 
 class RecipeConfig(Section):
     trainer: Trainer = Field("sft", description="sft | pretrain | dpo | kto | reward_model | grpo | verl_grpo "
-                             "(the RL recipe run by verl's trainer)")
+                             "(the RL recipe run by verl's trainer) | vl_sft (vision-language SFT)")
     model: ModelConfig = Field(..., description="the policy model")
     data: DataConfig | None = Field(None, description="datasets; required by train and evaluate")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation")
@@ -551,9 +558,9 @@ class RecipeConfig(Section):
         "ours); null: pip installs verl[vllm] there; {}: this environment")
 
 
-TRAINER_DATA_FORMAT: dict[str, str] = {
-    "sft": "sft", "pretrain": "text", "dpo": "preference", "kto": "kto", "reward_model": "preference",
-    "grpo": "prompt", "verl_grpo": "prompt",
+TRAINER_DATA_FORMAT: dict[str, tuple[str, ...]] = {
+    "sft": ("sft",), "pretrain": ("text",), "dpo": ("preference",), "kto": ("kto",), "reward_model": ("preference",),
+    "grpo": ("prompt", "vl_prompt"), "verl_grpo": ("prompt",), "vl_sft": ("vl_sft",),
 }
 
 
@@ -568,9 +575,9 @@ def cross_field_errors(cfg: BaseModel) -> list[tuple[tuple[str | int, ...], str]
     want = TRAINER_DATA_FORMAT[cfg.trainer]
     for split in ("train", "eval"):
         split_cfg = getattr(cfg.data, split, None) if cfg.data else None
-        if split_cfg is not None and split_cfg.format != want:
-            errors.append((("data", split, "format"),
-                           f"trainer '{cfg.trainer}' needs format '{want}', got '{split_cfg.format}'"))
+        if split_cfg is not None and split_cfg.format not in want:
+            errors.append((("data", split, "format"), f"trainer '{cfg.trainer}' needs format "
+                           f"{' or '.join(repr(w) for w in want)}, got '{split_cfg.format}'"))
     if cfg.trainer == "dpo" and cfg.preference.loss_type == "kto":
         errors.append((("preference", "loss_type"), "KTO takes unpaired rows: use trainer: kto"))
     if cfg.trainer in RL_TRAINERS:
@@ -600,6 +607,9 @@ def _rl_errors(cfg: RecipeConfig) -> list[tuple[tuple[str | int, ...], str]]:
     if cfg.data and cfg.rollout.max_new_tokens >= cfg.data.train.max_length:
         errors.append((("rollout", "max_new_tokens"), f"must be below data.train.max_length "
                        f"({cfg.data.train.max_length}), the prompt + completion budget"))
+    if cfg.data and cfg.data.train.format == "vl_prompt" and a.name == "ppo":
+        errors.append((("algorithm", "name"), "ppo's critic reads text only; vl_prompt data trains with the "
+                       "critic-free algorithms (grpo, dr_grpo, rloo, reinforce_pp, dapo, gspo)"))
     if a.name == "ppo" and a.kl_coef and cfg.reference.colocate:
         errors.append((("reference", "colocate"), "ppo folds the KL into the reward on the driver, which needs the "
                        "reference's log-probs from the reference actor; set colocate: false"))

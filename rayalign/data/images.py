@@ -73,10 +73,20 @@ def source(ref: str, base: Path | None = None) -> str | io.BytesIO:
     return io.BytesIO(_read(ref))
 
 
-def open_image(ref: str, base: Path | None = None) -> Image.Image:
-    """The image ``ref`` names, decoded, as RGB."""
+def open_image(ref: str, base: Path | None = None, max_side: int | None = None) -> Image.Image:
+    """The image ``ref`` names, decoded, as RGB; with ``max_side``, downscaled to fit it (``fitted_size``)."""
     with Image.open(source(ref, base)) as image:
-        return image.convert("RGB")
+        image = image.convert("RGB")
+    size = fitted_size(image.width, image.height, max_side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so the longer side is at most ``max_side``; unchanged when it fits."""
+    longest = max(width, height)
+    if max_side is None or longest <= max_side:
+        return width, height
+    return max(1, round(width * max_side / longest)), max(1, round(height * max_side / longest))
 
 
 def problem(ref, base: Path) -> str | None:

@@ -4,6 +4,8 @@
                     and triangles; counts drawn evenly, so no constant answer scores above ~1/4)
 - ``shape_colour``  "What colour is the square?" -> ``... \\boxed{blue}`` (one square among circles and triangles
                     of the other colours; its colour drawn evenly from four)
+- ``colour``        "What colour is the shape?" -> ``... \\boxed{red}`` (one large shape of any kind; the easiest: a
+                    tiny model from scratch learns it in minutes, and a model that ignores the image stays at ~1/4)
 
 Shapes sit in a 3 x 3 grid of cells, one per cell with jitter, so none overlap and each is whole. Rows are the
 vision-language formats: ``vl_sft`` (a user turn of an image part and a text part, the assistant's answer) and
@@ -43,15 +45,15 @@ class VisualExample:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _draw(rng: random.Random, size: int, shapes: list[tuple[str, str]]) -> Image.Image:
-    """``shapes`` ((shape, colour) pairs, at most GRID x GRID) in distinct random cells of a white image."""
+def _draw(rng: random.Random, size: int, shapes: list[tuple[str, str]], grid: int = GRID) -> Image.Image:
+    """``shapes`` ((shape, colour) pairs, at most grid x grid) in distinct random cells of a white image."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
-    cell = size / GRID
-    for (shape, colour), slot in zip(shapes, rng.sample(range(GRID * GRID), len(shapes))):
+    cell = size / grid
+    for (shape, colour), slot in zip(shapes, rng.sample(range(grid * grid), len(shapes))):
         extent = rng.uniform(0.55, 0.8) * cell
-        x0 = (slot % GRID) * cell + rng.uniform(0, cell - extent)
-        y0 = (slot // GRID) * cell + rng.uniform(0, cell - extent)
+        x0 = (slot % grid) * cell + rng.uniform(0, cell - extent)
+        y0 = (slot // grid) * cell + rng.uniform(0, cell - extent)
         box, fill = (x0, y0, x0 + extent, y0 + extent), COLOURS[colour]
         if shape == "circle":
             draw.ellipse(box, fill=fill)
@@ -90,9 +92,19 @@ def shape_colour(rng: random.Random, size: int) -> VisualExample:
                          metadata={"shapes": [s for s, _ in shapes]})
 
 
+def colour(rng: random.Random, size: int) -> VisualExample:
+    shade, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+    wrong = rng.choice([c for c in COLOURS if c != shade])
+    return VisualExample(task="colour", prompt="What colour is the shape?", answer=shade,
+                         solution=f"The shape is {shade}. {boxed(shade)}",
+                         wrong=f"The shape is {wrong}. {boxed(wrong)}", image=_draw(rng, size, [(shape, shade)], 1),
+                         metadata={"shapes": [shape]})
+
+
 VISUAL_TASKS: dict[str, Callable[[random.Random, int], VisualExample]] = {
     "shape_count": shape_count,
     "shape_colour": shape_colour,
+    "colour": colour,
 }
 
 

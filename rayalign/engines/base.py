@@ -31,6 +31,23 @@ class SamplingSpec:
     top_logprobs: int = 0         # also report the k most likely tokens at each step (serving)
 
 
+@dataclass(frozen=True)
+class ImagePrompt:
+    """A vision-language prompt: ``token_ids`` with each image already expanded to the model's image tokens
+    (``data.vl_tokenize.prompt_ids``: what the HF model and the learners read), the images (PIL, already fitted to
+    the data's ``max_image_side``) in the order their tokens appear, and ``template_ids``, the same prompt with
+    one image token per image (what vLLM takes: it expands them itself). Engines take it wherever they take a
+    list of token ids."""
+    token_ids: list[int]
+    images: tuple
+    template_ids: list[int]
+
+
+def prompt_tokens(prompt) -> list[int]:
+    """The token ids of a prompt, with or without images."""
+    return prompt.token_ids if isinstance(prompt, ImagePrompt) else prompt
+
+
 @dataclass
 class Completion:
     token_ids: list[int]                                  # sampled tokens, stop token included if hit
@@ -55,7 +72,8 @@ class GenerationEngine(Protocol):
     max_model_len: int  # prompt + completion tokens the engine accepts
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        """For each prompt (token ids), ``spec.n`` completions."""
+        """For each prompt (token ids, or an :class:`ImagePrompt` on a vision-language model), ``spec.n``
+        completions."""
 
     def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
         """Async: the ``spec.n`` completions of one prompt as they are produced; safe to call from many

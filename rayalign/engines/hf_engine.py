@@ -6,6 +6,10 @@ log-probs (before temperature / top-p), the same quantity the vLLM engine report
 
 One request runs at a time (a lock; the model is not shared between threads). ``stream`` generates the
 completions, then hands them out token by token: the HF fallback has no early first token.
+
+A vision-language model (its config has a ``vision_config``) loads as ``AutoModelForImageTextToText`` with its
+processor, and takes :class:`ImagePrompt`s: their images go through the image processor and into both the
+generation and the log-prob pass.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import torch
 
 from rayalign.config import ModelConfig
 from rayalign.data.collate import pad_pairs
-from rayalign.engines.base import Completion, Delta, SamplingSpec, sync_fingerprint
+from rayalign.engines.base import Completion, Delta, ImagePrompt, SamplingSpec, prompt_tokens, sync_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
+from rayalign.models.vlm import is_vlm, load_processor
 
 
 def unique_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -34,38 +39,53 @@ def unique_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 class HFEngine:
     def __init__(self, model: ModelConfig, *, device: str = "cpu"):
-        self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, apply_lora=False).to(device).eval()
+        self.processor = load_processor(model) if is_vlm(model) else None
+        self.tokenizer = self.processor.tokenizer if self.processor else load_tokenizer(model)
+        self.model = load_model(model, apply_lora=False, head="vl" if self.processor else "lm").to(device).eval()
         self.device = torch.device(device)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos.add(self.tokenizer.eos_token_id)
-        self.max_model_len: int = self.model.config.max_position_embeddings
+        self.max_model_len: int = self.model.config.get_text_config().max_position_embeddings
         self._lock = threading.Lock()
 
-    def _sample(self, prompt: list[int], spec: SamplingSpec, index: int) -> list[list[int]]:
+    def _images(self, prompt, copies: int) -> dict[str, torch.Tensor]:
+        """The image processor's tensors for ``copies`` rows of ``prompt`` (none for a text prompt)."""
+        if not isinstance(prompt, ImagePrompt) or not prompt.images:
+            return {}
+        if self.processor is None:
+            raise ValueError("this model takes text only: a prompt with images needs a vision-language model")
+        tensors = self.processor.image_processor(list(prompt.images) * copies, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in tensors.items()}
+
+    def _sample(self, prompt, spec: SamplingSpec, index: int) -> list[list[int]]:
         if spec.seed is not None:
             torch.manual_seed(spec.seed + index * spec.n)
         greedy = spec.temperature == 0
-        ids = torch.tensor([prompt] * (spec.n if greedy else 1), device=self.device)  # greedy: n copies
+        tokens = prompt_tokens(prompt)
+        copies = spec.n if greedy else 1  # greedy: n copies
+        ids = torch.tensor([tokens] * copies, device=self.device)
         out = self.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=spec.max_new_tokens,
+            ids, attention_mask=torch.ones_like(ids), **self._images(prompt, copies),
+            max_new_tokens=spec.max_new_tokens,
             do_sample=not greedy, temperature=None if greedy else spec.temperature,
             top_p=None if greedy else spec.top_p, top_k=None, num_return_sequences=1 if greedy else spec.n,
             eos_token_id=sorted(self.eos), pad_token_id=self.tokenizer.pad_token_id,
             stop_strings=list(spec.stop) or None, tokenizer=self.tokenizer if spec.stop else None)
         samples = []
-        for row in out[:, len(prompt):].tolist():
+        for row in out[:, len(tokens):].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in self.eos), len(row))
             samples.append(row[:cut])
         return samples
 
     @torch.no_grad()
-    def _logprobs(self, prompt: list[int], samples: list[list[int]], k: int
+    def _logprobs(self, prompt, samples: list[list[int]], k: int
                   ) -> tuple[list[list[float]], list[list[dict[int, float]]]]:
         """Per sample: each token's log-prob and (k > 0) the k best tokens at each step."""
+        images = self._images(prompt, len(samples))
+        prompt = prompt_tokens(prompt)
         ids, mask, labels = pad_pairs([(prompt, s) for s in samples], self.tokenizer.pad_token_id)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **images).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # column t scores token t + 1
         target = labels[:, 1:].to(self.device).clamp(min=0)  # -100 (prompt, padding) is never read
         picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -78,11 +98,11 @@ class HFEngine:
                for i, s in enumerate(samples)]
         return sampled, top
 
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
+    def generate(self, prompts: list, spec: SamplingSpec) -> list[list[Completion]]:
         with self._lock:
             return [self._complete(prompt, spec, index) for index, prompt in enumerate(prompts)]
 
-    def _complete(self, prompt: list[int], spec: SamplingSpec, index: int) -> list[Completion]:
+    def _complete(self, prompt, spec: SamplingSpec, index: int) -> list[Completion]:
         samples = self._sample(prompt, spec, index)
         empty = [[] for _ in samples]
         logprobs, top = self._logprobs(prompt, samples, spec.top_logprobs) if any(samples) else (empty, empty)
@@ -91,7 +111,7 @@ class HFEngine:
             finish_reason="stop" if (s and s[-1] in self.eos) or self._hit_stop(s, spec) else "length")
             for s, lp, tp in zip(samples, logprobs, top)]
 
-    async def stream(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta]:
+    async def stream(self, prompt, spec: SamplingSpec) -> AsyncIterator[Delta]:
         [completions] = await asyncio.to_thread(self.generate, [prompt], spec)
         for index, c in enumerate(completions):
             text = ""

@@ -51,7 +51,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from rayalign.config import ModelConfig
 from rayalign.engines import vllm_errors, vllm_ext
-from rayalign.engines.base import Completion, Delta, EngineDied, SamplingSpec
+from rayalign.engines.base import Completion, Delta, EngineDied, ImagePrompt, SamplingSpec
 
 MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 _alive: set[int] = set()  # the in-process engine of this process, while it is open (at most one)
@@ -108,6 +108,14 @@ def sampling_params(spec: SamplingSpec, index: int = 0,
         output_kind=kind)
 
 
+def tokens_prompt(prompt) -> TokensPrompt:
+    """Token ids, or an :class:`ImagePrompt` as its template ids (one image token per image: vLLM expands token
+    prompts again, ids already expanded would get a second expansion) with its images as multimodal data."""
+    if isinstance(prompt, ImagePrompt):
+        return TokensPrompt(prompt_token_ids=prompt.template_ids, multi_modal_data={"image": list(prompt.images)})
+    return TokensPrompt(prompt_token_ids=prompt)
+
+
 def copies_per_prompt(spec: SamplingSpec) -> int:
     """vLLM refuses n > 1 with greedy sampling, so greedy sends the prompt n times instead."""
     return spec.n if spec.temperature == 0 else 1
@@ -143,12 +151,16 @@ def to_delta(index: int, out: CompletionOutput, k: int) -> Delta:
 
 class WeightSync:
     """``load_weights`` and ``fingerprint`` through vLLM's worker extension, for both engines; they
-    provide ``_rpc(method, *args)`` (one worker's result: no tensor parallelism) and ``_reset_prefix_cache``."""
+    provide ``_rpc(method, *args)`` (one worker's result: no tensor parallelism), ``_reset_prefix_cache`` and
+    ``_reset_encoder_cache``."""
 
     def _rpc(self, method: str, *args: Any) -> Any:
         raise NotImplementedError
 
     def _reset_prefix_cache(self) -> bool:
+        raise NotImplementedError
+
+    def _reset_encoder_cache(self) -> None:
         raise NotImplementedError
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -160,6 +172,9 @@ class WeightSync:
         if not self._reset_prefix_cache():
             raise RuntimeError("vLLM engine: prefix cache not reset after a weight load (requests still "
                                "running?); cached KV would mix old and new weights")
+        # image embeddings cached by the old vision tower: the reload empties the runner's cache, and the
+        # scheduler's record of it must go too (else "Encoder cache miss" on the next image it saw before)
+        self._reset_encoder_cache()
 
     def fingerprint(self, version: int = 0) -> tuple[float, float]:
         fp = self._rpc("weights_fingerprint", version)
@@ -183,7 +198,7 @@ class VLLMEngine(WeightSync):
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         self.check_health()
         copies = copies_per_prompt(spec)
-        requests = [(TokensPrompt(prompt_token_ids=p), sampling_params(spec, j))
+        requests = [(tokens_prompt(p), sampling_params(spec, j))
                     for j, p in enumerate(prompts) for _ in range(copies)]
         try:  # one call: one continuous batch, the outputs in the order of the requests
             outputs = self.llm.generate([r for r, _ in requests], [s for _, s in requests], use_tqdm=False)
@@ -202,6 +217,9 @@ class VLLMEngine(WeightSync):
 
     def _reset_prefix_cache(self) -> bool:
         return self.llm.reset_prefix_cache()
+
+    def _reset_encoder_cache(self) -> None:
+        self.llm.llm_engine.reset_encoder_cache()
 
     def _died(self) -> EngineDied:
         return EngineDied(f"vLLM engine failed while generating: {self._failed}")

@@ -64,7 +64,7 @@ def running_tensors(model: torch.nn.Module, version: int) -> Iterator[torch.Tens
         for name, param in module.named_parameters(recurse=False):
             packed = name == "weight" and hasattr(module, "cpu_linear")
             if packed and param.numel() == 0:  # emptied by repacking: read back through the kernel
-                k = module.input_size_per_partition
+                k = getattr(module, "input_size_per_partition", None) or module.input_size  # ReplicatedLinear: whole
                 yield packed_columns(module, k, probe_columns(k, version))
                 continue
             if packed and param.numel() and not _packed_copy_matches(module, param, version):

@@ -24,7 +24,6 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
@@ -34,7 +33,7 @@ from rayalign.config import ModelConfig
 from rayalign.engines import vllm_errors
 from rayalign.engines.base import Completion, Delta, EngineDied, SamplingSpec
 from rayalign.engines.vllm_engine import (WeightSync, copies_per_prompt, engine_args, sampling_params,
-                                          single_process, to_completion, to_delta)
+                                          single_process, to_completion, to_delta, tokens_prompt)
 
 T = TypeVar("T")
 
@@ -78,7 +77,7 @@ class AsyncVLLMEngine(WeightSync):
             raise self._died()
 
     async def _final(self, prompt: list[int], params: SamplingParams) -> RequestOutput:
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
+        async for out in self.llm.generate(tokens_prompt(prompt), params, uuid.uuid4().hex):
             final = out  # FINAL_ONLY: one output, all n completions
         return final
 
@@ -101,7 +100,7 @@ class AsyncVLLMEngine(WeightSync):
         async def one(i: int) -> None:
             seed = None if spec.seed is None else spec.seed + i
             params = sampling_params(dataclasses.replace(spec, n=1, seed=seed), kind=RequestOutputKind.DELTA)
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, uuid.uuid4().hex):
+            async for out in self.llm.generate(tokens_prompt(prompt), params, uuid.uuid4().hex):
                 for o in out.outputs:
                     put(to_delta(i, o, spec.top_logprobs))
 
@@ -127,6 +126,9 @@ class AsyncVLLMEngine(WeightSync):
 
     def _reset_prefix_cache(self) -> bool:
         return self._run(self.llm.reset_prefix_cache())
+
+    def _reset_encoder_cache(self) -> None:
+        self._run(self.llm.reset_encoder_cache())
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at garbage collection."""

@@ -18,8 +18,10 @@ from transformers import PreTrainedTokenizerBase
 from rayalign.config import EvalTaskConfig
 from rayalign.data.collate import tokenize_prompt
 from rayalign.data.sources import iter_dicts
-from rayalign.data.tasks import generate
-from rayalign.engines.base import Completion, GenerationEngine, SamplingSpec
+from rayalign.data.tasks import TASKS, generate
+from rayalign.data.visual_tasks import VISUAL_TASKS, generate_visual, to_vl_row
+from rayalign.data.vl_tokenize import prompt_ids as vl_prompt_ids
+from rayalign.engines.base import Completion, GenerationEngine, ImagePrompt, SamplingSpec
 from rayalign.errors import DataError, UserError
 from rayalign.judge.dataset import as_text
 from rayalign.judge.judge import Judge, JudgeItem, Verdict
@@ -47,20 +49,50 @@ def answers(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, prompt
     return [group[0].text for group in completions(engine, tokenizer, prompts, max_new_tokens, temperature)]
 
 
+def _examples(task: EvalTaskConfig) -> tuple[list, Any]:
+    """A built-in task's held-out examples (text or visual) and its checker."""
+    assert task.task is not None
+    visual = task.task in VISUAL_TASKS
+    try:
+        examples = (generate_visual if visual else generate)(task.task, task.num_samples, task.seed, task.split)
+    except KeyError as exc:
+        known = ", ".join([*TASKS, *VISUAL_TASKS])
+        raise UserError(f"tasks.{task.name}.task: {exc.args[0]}" + ("" if "split" in exc.args[0] else
+                                                                      f"; built-in tasks: {known}")) from None
+    return examples, BUILTINS["boxed_answer" if visual else task.task]
+
+
+def _task_prompts(engine: GenerationEngine, tokenizer, task: EvalTaskConfig, examples: list) -> list:
+    """Each example's prompt as the engine takes it: ids, or ids with the image for a visual task (``tokenizer``
+    is then the model's processor)."""
+    if task.task not in VISUAL_TASKS:
+        return prompt_ids(engine, tokenizer, [ex.prompt for ex in examples], task.max_new_tokens)
+    if not hasattr(tokenizer, "image_processor"):
+        raise UserError(f"tasks.{task.name}.task: {task.task} is a visual task; the model under evaluation takes "
+                        "text only")
+    prompts = [ImagePrompt(*pair[:1], (ex.image,), pair[1]) for ex in examples for pair in
+               [vl_prompt_ids(tokenizer, to_vl_row(ex, "vl_prompt", "image")["prompt"], [ex.image])]]
+    room = engine.max_model_len - task.max_new_tokens
+    if any(len(p.token_ids) > room for p in prompts):
+        raise UserError(f"tasks.{task.name}: a prompt with its image tokens is longer than max_model_len "
+                        f"{engine.max_model_len} - max_new_tokens {task.max_new_tokens}")
+    return prompts
+
+
 def verifiable(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, task: EvalTaskConfig,
                temperature: float) -> dict[str, Any]:
-    """A built-in task's held-out examples, checked by the task's reward function: accuracy beside the
-    score of the best constant answer (an accuracy a constant reaches is not learning), accuracy per
-    answer value, the share of answers in the \\boxed{} format, answer length, and optionally the
-    accuracy of ``task.sampled`` answers per prompt sampled at temperature 1."""
-    assert task.task is not None
-    try:
-        examples = generate(task.task, task.num_samples, task.seed, task.split)
-    except KeyError as exc:
-        raise UserError(f"tasks.{task.name}.task: {exc.args[0]}") from None
-    prompts = [ex.prompt for ex in examples]
-    check = BUILTINS[task.task]
-    groups = completions(engine, tokenizer, prompts, task.max_new_tokens, temperature)
+    """A built-in task's held-out examples, checked by the task's reward function (a visual task's: its boxed
+    answer): accuracy beside the score of the best constant answer (an accuracy a constant reaches is not
+    learning), accuracy per answer value, the share of answers in the \\boxed{} format, answer length, and
+    optionally the accuracy of ``task.sampled`` answers per prompt sampled at temperature 1."""
+    examples, check = _examples(task)
+    prompts = _task_prompts(engine, tokenizer, task, examples)
+
+    def sample(n: int, temp: float) -> list[list[Completion]]:
+        return engine.generate(prompts, SamplingSpec(n=n, temperature=temp, max_new_tokens=task.max_new_tokens,
+                                                     seed=0))
+
+    groups = sample(1, temperature)
     right = [check(ex.prompt, g[0].text, answer=ex.answer, **ex.metadata) >= 1.0 for ex, g in zip(examples, groups)]
     answers_seen = Counter(ex.answer for ex in examples)
     constant, hits = answers_seen.most_common(1)[0]
@@ -75,7 +107,7 @@ def verifiable(engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, tas
             value: sum(r for r, ex in zip(right, examples) if ex.answer == value) / count
             for value, count in sorted(answers_seen.items())}
     if task.sampled:
-        sampled = completions(engine, tokenizer, prompts, task.max_new_tokens, 1.0, n=task.sampled)
+        sampled = sample(task.sampled, 1.0)
         scores = [check(ex.prompt, c.text, answer=ex.answer, **ex.metadata) >= 1.0
                   for ex, g in zip(examples, sampled) for c in g]
         out["sampled_accuracy"] = sum(scores) / len(scores)

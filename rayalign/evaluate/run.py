@@ -31,6 +31,7 @@ from rayalign.judge.judge import Judge
 from rayalign.judge.service import endpoint, release
 from rayalign.models.loading import load_model, load_tokenizer
 from rayalign.models.scoring import ScoreModel
+from rayalign.models.vlm import is_vlm, load_processor
 from rayalign.outputs import staged, write_text
 
 RESULTS = "results.json"
@@ -41,7 +42,8 @@ class Subject:
 
     def __init__(self, cfg: EvalConfig):
         self.cfg = cfg
-        self.tokenizer = load_tokenizer(cfg.model)
+        # a vision-language model's processor: it tokenises like the tokenizer and also takes images
+        self.tokenizer = load_processor(cfg.model) if is_vlm(cfg.model) else load_tokenizer(cfg.model)
         self._engine: GenerationEngine | None = None
         self._hf = None
 

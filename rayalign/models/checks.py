@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from rayalign.config import ModelConfig
@@ -99,7 +99,9 @@ def check_model(cfg: ModelConfig) -> None:
         raise UserError(f"model.name_or_path: {damaged}")
     if cfg.lora is not None and cfg.lora.target_modules != "all-linear":
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(model_config(cfg), trust_remote_code=cfg.trust_remote_code)
+            config = model_config(cfg)
+            kind = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+            skeleton = kind.from_config(config, trust_remote_code=cfg.trust_remote_code)
         check_lora_targets(skeleton, cfg.lora.target_modules)
 
 

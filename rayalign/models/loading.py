@@ -13,21 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification,
+                          AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
 
 from rayalign.config import ModelConfig
 from rayalign.config_io import recipes_writing
 from rayalign.errors import UserError
+from rayalign.models import vlm
 from rayalign.models.checks import check_lora_targets, check_vocab, damaged_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-HEADS = {"lm": AutoModelForCausalLM, "score": AutoModelForSequenceClassification}
+HEADS = {"lm": AutoModelForCausalLM, "score": AutoModelForSequenceClassification, "vl": AutoModelForImageTextToText}
 
 
 def head_of(trainer: str) -> str:
-    """The output head a trainer trains: a score for reward models, the LM head for the rest."""
-    return "score" if trainer == "reward_model" else "lm"
+    """The model class a trainer trains: a score head for reward models, a vision-language model for vl_sft,
+    the LM head for the rest."""
+    return {"reward_model": "score", "vl_sft": "vl"}.get(trainer, "lm")
 
 
 def _load_error(what: str, name: str, exc: Exception, key: str = "model.name_or_path") -> UserError:
@@ -72,7 +74,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: ModelConfig, *, apply_lora: bool = True, head: str = "lm") -> PreTrainedModel:
     """The model with ``cfg.dtype`` and ``head`` (``HEADS``); wrapped in a peft LoRA model when ``cfg.lora`` is
-    set. A score head reads each sequence's last token that is not the tokenizer's padding token."""
+    set (on a vision-language model: on its language model only). A score head reads each sequence's last token
+    that is not the tokenizer's padding token."""
     from safetensors import SafetensorError
 
     check_local(cfg.name_or_path)
@@ -91,13 +94,16 @@ def load_model(cfg: ModelConfig, *, apply_lora: bool = True, head: str = "lm") -
         raise _load_error("model", cfg.name_or_path, exc) from None
     if head == "score" and model.config.pad_token_id is None:  # the head finds each sequence's end by it
         model.config.pad_token_id = load_tokenizer(cfg).pad_token_id
+    if cfg.freeze_vision:
+        vlm.freeze_vision(model)
     if cfg.lora is not None and apply_lora:
         from peft import LoraConfig, get_peft_model
 
         check_lora_targets(model, cfg.lora.target_modules)
+        targets = vlm.language_lora_targets(model, cfg.lora.target_modules) if head == "vl" else cfg.lora.target_modules
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",
+            target_modules=targets, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",
         ))
     return model
 

@@ -29,10 +29,12 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 
 def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     with_entropy: bool = False, images: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(input_ids[t + 1] | <= t) for every column t [B, L-1] (RL: masked to the completion by the
-    caller) and, when asked, the policy's entropy at each column [B, L-1] (no gradient)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    caller) and, when asked, the policy's entropy at each column [B, L-1] (no gradient). ``images``: a
+    vision-language model's image inputs for the rows' image tokens (``pixel_values``, ...)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   **(images or {})).logits[:, :-1].float()
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = None

@@ -42,17 +42,21 @@ from rayalign.checkpoint import MODEL, RUN_NAME, TrainerState, checkpoints
 from rayalign.config import JudgeConfig, RecipeConfig
 from rayalign.config_io import load_config
 from rayalign.data.collate import fit_prompt
+from rayalign.data.formats import image_parts
+from rayalign.data.images import open_image
 from rayalign.data.loading import load_split, row_location
 from rayalign.data.tokenize import Overlong
-from rayalign.errors import RunError, UserError
+from rayalign.data.vl_tokenize import prompt_ids as vl_prompt_ids
+from rayalign.errors import DataError, RunError, UserError
 from rayalign.judge.templates import resolve
 from rayalign.metrics import MetricsLog, RoleGauges
 from rayalign.models.checks import check_model, check_score_model
 from rayalign.models.loading import load_tokenizer
+from rayalign.models.vlm import load_processor
 from rayalign.recipes.common import check_step_fits, local_paths
 from rayalign.recipes.interrupt import GracefulStop
 from rayalign.recipes.one_step_off import IN_FLIGHT, Generated, OneStepOff
-from rayalign.recipes.grpo_step import async_step, rl_step, sampling
+from rayalign.recipes.grpo_step import async_step, engine_prompt, rl_step, sampling
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
 from rayalign.rewards.registry import WeightedReward
 from rayalign.training.batching import DataOrder
@@ -64,20 +68,39 @@ from rayalign.workers.roles import RLRoles
 def prepare_prompts(cfg: RecipeConfig, tokenizer, rows, echo=print) -> list[dict]:
     """Each prompt row as its token ids (its end, leaving room for ``max_new_tokens``; longer prompts are
     noted through ``echo``), the prompt as the reward functions see it, and the row's other fields as
-    their metadata. A step of more prompts than there are is refused."""
-    max_length, room = cfg.data.train.max_length, cfg.rollout.max_new_tokens
+    their metadata. A step of more prompts than there are is refused. ``vl_prompt`` rows (``tokenizer`` is
+    then the processor) also carry their images, opened here, and are never cut (``vl_prompt``)."""
+    split = cfg.data.train
+    max_length, room = split.max_length, cfg.rollout.max_new_tokens
     over = Overlong("data.train", f"{max_length - room} tokens (data.train.max_length {max_length} - "
                                   f"rollout.max_new_tokens {room})")
     prompts = []
     for i, row in enumerate(rows):
-        ids, cut = fit_prompt(tokenizer, row["prompt"], max_length - room)
-        over.add(i, f"were cut to their last {max_length - room} tokens" if cut else None)
-        prompts.append({"ids": ids, "prompt": row["prompt"],
-                        "metadata": {k: v for k, v in row.items() if k != "prompt" and v is not None}})
+        prompt = {"prompt": row["prompt"], "metadata": {k: v for k, v in row.items() if k != "prompt" and v is not None}}
+        if split.format == "vl_prompt":
+            prompt.update(vl_prompt(tokenizer, row, max_length - room, split.max_image_side,
+                                    partial(row_location, rows, i)))
+        else:
+            ids, cut = fit_prompt(tokenizer, row["prompt"], max_length - room)
+            over.add(i, f"were cut to their last {max_length - room} tokens" if cut else None)
+            prompt["ids"] = ids
+        prompts.append(prompt)
     for note in over.notes(partial(row_location, rows), unit="prompts"):
         echo(note)
     check_step_fits(cfg, len(prompts))
     return prompts
+
+
+def vl_prompt(processor, row: dict, room: int, max_side: int | None, where) -> dict:
+    """A ``vl_prompt`` row's ids (image tokens expanded), images and template ids (``ImagePrompt``); one longer than ``room`` is refused, naming the
+    row: cutting it could cut an image."""
+    images = tuple(open_image(part["image"], max_side=max_side) for _, part in image_parts(row, "vl_prompt"))
+    ids, template_ids = vl_prompt_ids(processor, row["prompt"], list(images))
+    if len(ids) > room:
+        raise DataError(f"data.train: {where()}: the prompt is {len(ids)} tokens with its image tokens, over the "
+                        f"{room} left by data.train.max_length - rollout.max_new_tokens; raise max_length (or set "
+                        "data.train.max_image_side)")
+    return {"ids": ids, "images": images, "template_ids": template_ids}
 
 
 def reward_judge(cfg: RecipeConfig) -> JudgeConfig | None:
@@ -102,7 +125,7 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
     if a.name == "ppo" and cfg.critic.init is not None:
         check_score_model(cfg.critic.init, "critic.init", policy=cfg.model)
     judge = reward_judge(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_processor(cfg.model) if cfg.data.train.format == "vl_prompt" else load_tokenizer(cfg.model)
     check_model(cfg.model)  # damaged files, LoRA targets: before any actor loads it
     prompts = prepare_prompts(cfg, tokenizer, load_split(cfg.data.train, t.seed), echo)
     max_steps = t.max_steps or max(1, math.ceil(t.num_epochs * len(prompts) / a.prompts_per_step))
@@ -117,7 +140,8 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
             roles = RLRoles(cfg, max_steps, cfg.data.train.max_length,
                             str(c.resume_from) if c.resume_from else None, judge, notify=tqdm.write)
             try:
-                state = _train(roles, cfg, prompts, max_steps, c, tokenizer.pad_token_id, stop, reporter)
+                pad_id = getattr(tokenizer, "tokenizer", tokenizer).pad_token_id  # a processor holds its tokenizer
+                state = _train(roles, cfg, prompts, max_steps, c, pad_id, stop, reporter)
             finally:
                 roles.shutdown()
         if stop.requested:
@@ -228,4 +252,4 @@ def one_step_off(roles: RLRoles, cfg: RecipeConfig, rows_of, checkpoint, step: i
     if checkpoint and restored is None and step < max_steps:
         tqdm.write(f"{Path(checkpoint).name} holds no in-flight samples for step {step + 1}: generating them "
                    "with its weights (not the older ones the uninterrupted run would have used)")
-    return OneStepOff(roles, lambda s: [row["ids"] for row in rows_of(s)], partial(sampling, cfg), restored)
+    return OneStepOff(roles, lambda s: [engine_prompt(row) for row in rows_of(s)], partial(sampling, cfg), restored)

@@ -14,7 +14,7 @@ from rayalign.algorithms.advantages import ADVANTAGES, informative_groups, overl
 from rayalign.algorithms.ppo import advantages_and_returns
 from rayalign.config import RecipeConfig
 from rayalign.data.collate import collate_rollout
-from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.engines.base import Completion, ImagePrompt, SamplingSpec
 from rayalign.metrics import PhaseTimer
 from rayalign.recipes.one_step_off import OneStepOff
 from rayalign.rewards.builtin import boxed_answer
@@ -36,6 +36,11 @@ def _reward_stats(rewards: torch.Tensor, scored, samples: list[Sample], groups) 
     return out
 
 
+def engine_prompt(row: dict):
+    """A prepared prompt row as the engines take it: its ids, with its images when it has some."""
+    return ImagePrompt(row["ids"], row["images"], row["template_ids"]) if row.get("images") else row["ids"]
+
+
 def sampling(cfg: RecipeConfig, step: int) -> SamplingSpec:
     """Step ``step``'s sampling: its seeds are a function of the step, wherever and whenever it runs."""
     a, r = cfg.algorithm, cfg.rollout
@@ -50,7 +55,7 @@ def rl_step(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], step: int, pad_
     (``failures``)."""
     timer = PhaseTimer()
     with timer("generate"):
-        groups = roles.generate([row["ids"] for row in rows], sampling(cfg, step))
+        groups = roles.generate([engine_prompt(row) for row in rows], sampling(cfg, step))
     metrics = learn(roles, cfg, rows, groups, step, step, pad_id, failures, timer)
     if metrics["groups_kept"]:
         with timer("sync"):
@@ -87,6 +92,8 @@ def learn(roles: RLRoles, cfg: RecipeConfig, rows: list[dict], groups: list[list
     samples = [Sample(row["prompt"], c.text, row["metadata"]) for row, g in zip(rows, groups) for c in g]
     batch = collate_rollout([(row["ids"], c.token_ids, c.logprobs) for row, g in zip(rows, groups) for c in g],
                             torch.zeros(len(samples)), pad_id, version)  # advantages once the rewards are in
+    if any(row.get("images") for row in rows):  # the learners and the reference see the prompts' images too
+        batch.images = [row.get("images", ()) for row, g in zip(rows, groups) for _ in g]
     reference = roles.reference_logps(batch)
     values = roles.values(batch) if a.name == "ppo" else None  # the critic scores beside the rewards too
     with timer("reward"):

@@ -1,7 +1,8 @@
-"""The driver of every Ray Train trainer (SFT, pretraining, DPO family, reward models): one function, ``run``.
+"""The driver of every Ray Train trainer (SFT, pretraining, DPO family, reward models, vision-language SFT): one
+function, ``run``.
 
 1. on the driver: validate the data and the model's files, claim ``OUTPUT_DIR`` (``recipes/output_dir.py``),
-   tokenise (``recipes/sft.py`` or ``recipes/dpo.py``), start or join Ray and check its resources, then
+   tokenise (``recipes/sft.py``, ``recipes/vl_sft.py`` or ``recipes/dpo.py``), start or join Ray and check its resources, then
    the DPO family's reference pass; the rows go to the object store;
 2. ``TorchTrainer`` with ``scaling.num_workers`` workers (gloo on CPU, nccl with ``use_gpu``), storage at
    ``OUTPUT_DIR`` (checkpoints in ``OUTPUT_DIR/checkpoints``, ``save_total_limit`` kept), and
@@ -35,7 +36,8 @@ from rayalign.data.loading import load_split
 from rayalign.errors import RunError, UserError, debugging
 from rayalign.models.checks import check_model
 from rayalign.models.loading import load_tokenizer
-from rayalign.recipes import dpo, sft
+from rayalign.models.vlm import load_processor
+from rayalign.recipes import dpo, sft, vl_sft
 from rayalign.recipes.common import local_paths
 from rayalign.recipes.interrupt import GracefulStop
 from rayalign.recipes.output_dir import Claim, check_unfinished, claim
@@ -44,7 +46,7 @@ from rayalign.workers.train_worker import train_loop_per_worker
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it reported
 PREPARE = {"sft": sft.prepare, "pretrain": sft.prepare, "dpo": dpo.prepare, "kto": dpo.prepare,
-           "reward_model": dpo.prepare}
+           "reward_model": dpo.prepare, "vl_sft": vl_sft.prepare}
 
 
 def _max_steps(cfg: RecipeConfig, rows: int) -> int:
@@ -120,7 +122,7 @@ def run(cfg: RecipeConfig, echo=print, reporter=None) -> Path | None:
               for name, split in (("train", cfg.data.train), ("eval", cfg.data.eval)) if split is not None}
     check_model(cfg.model)  # damaged files, LoRA targets: before any worker loads it
     with claim(cfg, echo) as c:
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_processor(cfg.model) if cfg.trainer == "vl_sft" else load_tokenizer(cfg.model)
         train_rows, eval_rows = PREPARE[cfg.trainer](cfg, tokenizer, splits, echo)
         max_steps = _max_steps(cfg, len(train_rows))
         check_unfinished(c, max_steps)

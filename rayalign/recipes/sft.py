@@ -27,7 +27,7 @@ TRUNCATED = "were truncated to it"
 DROPPED = "were dropped: truncation left no assistant token to learn from"
 
 
-def _learns(ex: dict) -> bool:
+def learns(ex: dict) -> bool:
     return any(label != IGNORE for label in ex["labels"][1:])
 
 
@@ -41,12 +41,12 @@ def tokenize_split(rows, split: DataSplitConfig, tokenizer, trainer: str,
             ex = tokenize_conversation(tokenizer, row["messages"], split.max_length)
         else:
             ex = tokenize_text(tokenizer, row["text"], None if split.packing else split.max_length)
-        keep = split.packing or _learns(ex)  # packed blocks are judged after packing
+        keep = split.packing or learns(ex)  # packed blocks are judged after packing
         over.add(i, (TRUNCATED if keep else DROPPED) if ex.pop("truncated") else None)
         if keep:
             out.append(ex)
     if split.packing:
-        out = [block for block in pack(out, split.max_length) if _learns(block)]
+        out = [block for block in pack(out, split.max_length) if learns(block)]
     where = partial(row_location, rows)
     if not out and over.count(DROPPED) == over.rows:
         raise DataError(f"data.{name}: all {over.rows} rows are longer than max_length {split.max_length} tokens "

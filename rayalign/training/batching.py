@@ -9,7 +9,8 @@ starting at (a*world + r)*micro. Evaluation splits the eval rows evenly over ran
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Callable
 
 import torch
 
@@ -18,6 +19,16 @@ from rayalign.training.sharding import all_reduce_sum
 
 COLLATE = {"sft": collate_sft, "pretrain": collate_sft, "dpo": collate_preference, "kto": collate_kto,
            "reward_model": collate_reward}
+Collate = Callable[[list[dict]], object]
+
+
+def collator(trainer: str, pad_id: int, processor=None) -> Collate:
+    """Rows -> the trainer's typed batch; vl_sft's opens the rows' images and runs the ``processor`` on them."""
+    if trainer == "vl_sft":
+        from rayalign.data.vl_tokenize import collate_vl_sft
+
+        return partial(collate_vl_sft, processor, pad_id=pad_id)
+    return partial(COLLATE[trainer], pad_id=pad_id)
 
 
 class DataOrder:
@@ -35,18 +46,17 @@ class DataOrder:
         return [self.epoch_order(k // self.n)[k % self.n] for k in range(start, start + self.global_batch)]
 
 
-def step_micro_batches(spec, order: DataOrder, step: int, rank: int, world: int, pad_id: int) -> list:
+def step_micro_batches(spec, order: DataOrder, step: int, rank: int, world: int, collate: Collate) -> list:
     micro = spec.training.micro_batch_size
     indices = order.step_indices(step)
-    collate = COLLATE[spec.trainer]
     batches = []
     for a in range(spec.training.gradient_accumulation_steps):
         start = (a * world + rank) * micro
-        batches.append(collate([spec.train_rows[i] for i in indices[start:start + micro]], pad_id))
+        batches.append(collate([spec.train_rows[i] for i in indices[start:start + micro]]))
     return batches
 
 
-def evaluate(model, objective, rows: list[dict], micro: int, rank: int, world: int, pad_id: int,
+def evaluate(model, objective, rows: list[dict], micro: int, rank: int, world: int, collate: Collate,
              trainer: str, device) -> dict[str, float]:
     """``eval_loss`` (per token for SFT/pretrain: with ``eval_ppl``; per pair/row for DPO/KTO) and the
     objective's metrics averaged over eval batches, as ``eval_<name>``."""
@@ -56,7 +66,7 @@ def evaluate(model, objective, rows: list[dict], micro: int, rank: int, world: i
     model.eval()
     with torch.no_grad():
         for start in range(0, per_rank, micro):
-            batch = COLLATE[trainer](mine[start:start + micro], pad_id).to(device)
+            batch = collate(mine[start:start + micro]).to(device)
             loss, metrics = objective.loss(model, batch)
             loss_sum += loss.item()
             units += objective.units(batch)
@@ -67,7 +77,7 @@ def evaluate(model, objective, rows: list[dict], micro: int, rank: int, world: i
     keys = sorted(sums)
     reduced = all_reduce_sum([loss_sum, units, batches] + [sums[k] for k in keys], device)
     out = {"eval_loss": reduced[0] / max(reduced[1], 1)}
-    if trainer in ("sft", "pretrain"):
+    if trainer in ("sft", "pretrain", "vl_sft"):
         out["eval_ppl"] = math.exp(min(out["eval_loss"], 50.0))
     out.update({f"eval_{k}": v / max(reduced[2], 1) for k, v in zip(keys, reduced[3:])})
     return out

@@ -31,8 +31,9 @@ from rayalign.checkpoint import (MODEL, TrainerState, load_training_state, save_
 from rayalign.config import ModelConfig, PreferenceConfig, ScalingConfig, TrainingConfig
 from rayalign.metrics import MetricsLog
 from rayalign.models.loading import head_of, load_model, load_tokenizer, load_trainable
+from rayalign.models.vlm import load_processor
 from rayalign.training import guards, precision, sharding
-from rayalign.training.batching import DataOrder, evaluate, step_micro_batches
+from rayalign.training.batching import DataOrder, collator, evaluate, step_micro_batches
 from rayalign.training.objectives import Objective, make_objective
 
 
@@ -137,7 +138,10 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
     t = spec.training
     strategy, state = build_trainable(spec.model, t, spec.scaling, spec.max_steps, hooks.restored, device,
                                       head_of(spec.trainer))
-    tokenizer = load_tokenizer(spec.model)
+    # a vision-language model's processor (tokenizer + image processor) collates and is saved beside the model
+    tokenizer = load_processor(spec.model) if spec.trainer == "vl_sft" else load_tokenizer(spec.model)
+    pad_id = getattr(tokenizer, "tokenizer", tokenizer).pad_token_id  # a processor holds its tokenizer
+    collate = collator(spec.trainer, pad_id, tokenizer)
     objective = make_objective(spec.trainer, spec.preference, _reference(spec, device), device)
     order = DataOrder(len(spec.train_rows), t.micro_batch_size * t.gradient_accumulation_steps * world,
                       t.seed, spec.shuffle)
@@ -148,7 +152,7 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
         bar.update(state.step)
     while state.step < stop_at:
         torch.manual_seed(t.seed * 1_000_003 + state.step * 1009 + rank)
-        batches = step_micro_batches(spec, order, state.step, rank, world, tokenizer.pad_token_id)
+        batches = step_micro_batches(spec, order, state.step, rank, world, collate)
         metrics = _optimizer_step(strategy, objective, batches, t.max_grad_norm, device, state.step + 1)
         state.step += 1
         state.samples_seen += order.global_batch
@@ -156,7 +160,7 @@ def train(spec: LoopSpec, hooks: Hooks) -> TrainerState:
         metrics["epoch"] = state.epoch
         if spec.eval_rows and (state.step == spec.max_steps or (t.eval_steps and state.step % t.eval_steps == 0)):
             metrics.update(evaluate(strategy.model, objective, spec.eval_rows, t.micro_batch_size, rank, world,
-                                    tokenizer.pad_token_id, spec.trainer, device))
+                                    collate, spec.trainer, device))
         stopping = bool(sharding.all_reduce_sum([float(hooks.stop_requested())], device)[0])  # every rank agrees
         if log and (state.step % t.logging_steps == 0 or state.step == stop_at or stopping):
             log.log(state.step, metrics)

@@ -14,7 +14,7 @@ import torch
 
 from rayalign.algorithms import preference as P
 from rayalign.algorithms.reward_model import bradley_terry_loss
-from rayalign.batch import KTOBatch, PreferenceBatch, RewardBatch, SFTBatch
+from rayalign.batch import KTOBatch, PreferenceBatch, RewardBatch, SFTBatch, VLSFTBatch
 from rayalign.config import PreferenceConfig
 from rayalign.models.logprobs import IGNORE, sequence_logps, token_logps
 
@@ -35,6 +35,16 @@ class SFTObjective:
     def loss(self, model, batch: SFTBatch) -> tuple[torch.Tensor, Metrics]:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, use_cache=False).logits
+        logp, _ = token_logps(logits, batch.labels)
+        return -logp.sum(), {}
+
+
+class VLSFTObjective(SFTObjective):
+    """SFT's NLL on a vision-language model: the forward also takes the batch's images."""
+
+    def loss(self, model, batch: VLSFTBatch) -> tuple[torch.Tensor, Metrics]:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                       **batch.images).logits
         logp, _ = token_logps(logits, batch.labels)
         return -logp.sum(), {}
 
@@ -125,6 +135,8 @@ def make_objective(trainer: str, cfg: PreferenceConfig, reference: RefFn | None,
     """The objective of ``trainer``; KTO's reference point is averaged over data-parallel workers."""
     if trainer in ("sft", "pretrain"):
         return SFTObjective()
+    if trainer == "vl_sft":
+        return VLSFTObjective()
     if trainer == "reward_model":
         return RewardModelObjective(cfg)
     if trainer == "kto" or cfg.loss_type == "kto":

@@ -94,10 +94,12 @@ class PolicyLearner:
 
     def __init__(self, strategy: sharding.Strategy, algorithm: AlgorithmConfig, max_new_tokens: int,
                  micro_batch_size: int, max_grad_norm: float | None, seed: int, device: torch.device,
-                 reference: torch.nn.Module | None = None):
+                 reference: torch.nn.Module | None = None,
+                 image_inputs: Callable[[RolloutBatch], dict] = lambda part: {}):
         self.strategy, self.model = strategy, strategy.model
         self.algorithm, self.micro, self.max_grad_norm = algorithm, micro_batch_size, max_grad_norm
         self.seed, self.device, self.reference = seed, device, reference
+        self.image_inputs = image_inputs  # a vision-language policy: the micro batch's images as model inputs
         self.loss_fn, self.unit = policy_loss(algorithm, max_new_tokens)
 
     def _units(self, completion_mask: torch.Tensor) -> float:
@@ -112,7 +114,8 @@ class PolicyLearner:
         sums = {"mismatch_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
         for rows, real in micro_batches:
             part = trim(batch.select(rows)).to(self.device)
-            logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask, with_entropy=True)
+            logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask, with_entropy=True,
+                                             images=self.image_inputs(part))
             old[rows, :logp.shape[1]] = logp.cpu()
             if real:
                 self._add_stats(sums, part, logp, entropy)
@@ -167,7 +170,7 @@ class PolicyLearner:
             part = trim(batch.select(rows)).to(self.device)
             with self.strategy.accumulate(last=i == len(micro_batches) - 1):
                 logp, entropy = next_token_logps(self.model, part.input_ids, part.attention_mask,
-                                                 with_entropy=stats is not None)
+                                                 with_entropy=stats is not None, images=self.image_inputs(part))
                 old_logp = logp.detach() if old is None else old[rows, :logp.shape[1]].to(self.device)
                 ref = self._ref_logps(part)
                 advantages, tis = self._importance_weighted(part, old_logp)
@@ -204,4 +207,5 @@ class PolicyLearner:
         if part.ref_logps is not None:
             return part.ref_logps
         with torch.no_grad():  # reference.colocate: a frozen copy held by this rank
-            return next_token_logps(self.reference, part.input_ids, part.attention_mask)[0]
+            return next_token_logps(self.reference, part.input_ids, part.attention_mask,
+                                    images=self.image_inputs(part))[0]

@@ -22,7 +22,9 @@ from rayalign.checkpoint import TrainerState, prune
 from rayalign.config import AlgorithmConfig, ModelConfig, ScalingConfig, TrainingConfig
 from rayalign.engines.base import sync_fingerprint
 from rayalign.engines.flat_weights import FlatWeights
+from rayalign.data.vl_tokenize import image_inputs
 from rayalign.models.loading import DTYPES, load_model, load_tokenizer
+from rayalign.models.vlm import is_vlm, load_processor
 from rayalign.outputs import staged
 from rayalign.training.loop import build_trainable, write_checkpoint
 from rayalign.training.rl_step import PolicyLearner, micro_batches_per_update
@@ -67,14 +69,19 @@ class LearnerWorker:
         if use_gpu:
             torch.cuda.set_device(self.device)
         self.model_cfg, self.training = model, training
-        strategy, state = build_trainable(model, training, self.scaling, max_steps, restored, self.device,
+        # a vision-language policy: its processor turns each micro batch's images into model inputs, and is
+        # saved beside the weights
+        processor = load_processor(model) if is_vlm(model) else None
+        self.head = "vl" if processor else "lm"
+        strategy, state = build_trainable(model, training, self.scaling, max_steps, restored, self.device, self.head,
                                           accumulation=micro_batches_per_update(algorithm, training, self.world))
-        reference = (load_model(model, apply_lora=False).to(self.device).eval().requires_grad_(False)
+        reference = (load_model(model, apply_lora=False, head=self.head).to(self.device).eval().requires_grad_(False)
                      if colocate_reference and algorithm.kl_coef > 0 else None)
+        images = (lambda part: image_inputs(processor, part.images, self.device)) if processor else (lambda part: {})
         self.learner = PolicyLearner(strategy, algorithm, max_new_tokens,
                                      training.micro_batch_size, training.max_grad_norm, training.seed,
-                                     self.device, reference)
-        self.tokenizer = load_tokenizer(model)
+                                     self.device, reference, images)
+        self.tokenizer = processor or load_tokenizer(model)
         return state
 
     def train_step(self, batch: RolloutBatch, step: int) -> dict[str, float]:
@@ -113,7 +120,7 @@ class LearnerWorker:
 
             peft_cfg = self.learner.strategy.module.peft_config["default"]
             base = self.model_cfg if dtype is None else self.model_cfg.model_copy(update={"dtype": dtype})
-            self._merge_copy = get_peft_model(load_model(base, apply_lora=False), peft_cfg)
+            self._merge_copy = get_peft_model(load_model(base, apply_lora=False, head=self.head), peft_cfg)
         copy = self._merge_copy
         copy.load_state_dict(state)
         copy.merge_adapter()
@@ -129,7 +136,7 @@ class LearnerWorker:
         """Write checkpoint ``directory`` (atomically: the sealed temp dir is staged beside it and put in
         place in one rename, ``outputs.staged``), with ``dirs`` moved into it. A collective."""
         tmp = write_checkpoint(self.model_cfg, self.learner.strategy, state, self.tokenizer, self.rank, run, extra,
-                               dirs=dirs)
+                               head=self.head, dirs=dirs)
         if tmp is None:
             return
         target = Path(directory)

@@ -20,7 +20,9 @@ import torch
 from rayalign.batch import RolloutBatch
 from rayalign.config import ModelConfig, RecipeConfig
 from rayalign.data.collate import collate_kto, collate_preference
+from rayalign.data.vl_tokenize import image_inputs
 from rayalign.models.loading import load_model
+from rayalign.models.vlm import is_vlm, load_processor
 from rayalign.workers.group import quiet_actor
 from rayalign.models.logprobs import next_token_logps, sequence_logps
 
@@ -73,7 +75,9 @@ class ReferenceWorker:
     def __init__(self, model: ModelConfig, micro_batch_size: int, threads: int = 1, use_gpu: bool = False):
         quiet_actor(threads)
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = load_model(model, apply_lora=False).to(self.device).eval().requires_grad_(False)
+        self.processor = load_processor(model) if is_vlm(model) else None  # a vision-language policy's
+        self.model = load_model(model, apply_lora=False, head="vl" if self.processor else "lm").to(
+            self.device).eval().requires_grad_(False)
         self.micro = micro_batch_size
 
     def ready(self) -> bool:
@@ -86,5 +90,7 @@ class ReferenceWorker:
         for start in range(0, batch.input_ids.shape[0], self.micro):
             rows = list(range(start, min(start + self.micro, batch.input_ids.shape[0])))
             part = batch.select(rows).to(self.device)
-            out[start:start + len(rows)] = next_token_logps(self.model, part.input_ids, part.attention_mask)[0].cpu()
+            images = image_inputs(self.processor, part.images, self.device) if self.processor else None
+            out[start:start + len(rows)] = next_token_logps(self.model, part.input_ids, part.attention_mask,
+                                                            images=images)[0].cpu()
         return out * batch.completion_mask

@@ -97,6 +97,13 @@ def test_bad_value_and_missing_key(tmp_path):
 def test_trainer_and_data_format_must_agree(tmp_path):
     path = write(tmp_path, BASE.replace("trainer: sft", "trainer: dpo"))
     assert error_of(path) == f"{path}:6: data.train.format: trainer 'dpo' needs format 'preference', got 'sft'"
+    path = write(tmp_path, BASE.replace("trainer: sft", "trainer: grpo\nreward: {functions: [{name: boxed_answer}]}"))
+    assert "data.train.format: trainer 'grpo' needs format 'prompt' or 'vl_prompt', got 'sft'" in error_of(path)
+    path = write(tmp_path, BASE.replace("trainer: sft", "trainer: vl_sft"))
+    assert "data.train.format: trainer 'vl_sft' needs format 'vl_sft', got 'sft'" in error_of(path)
+    vl = BASE.replace("trainer: sft", "trainer: grpo\nreward: {functions: [{name: boxed_answer}]}\n"
+                      "algorithm: {name: ppo}").replace("format: sft", "format: vl_prompt")
+    assert "algorithm.name: ppo's critic reads text only" in error_of(write(tmp_path, vl))
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path):

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from rayalign.data.images import absolute, kind, open_image, problem
+from rayalign.data.images import absolute, fitted_size, kind, open_image, problem
 
 
 def _png_bytes(colour=(200, 30, 30)) -> bytes:
@@ -45,3 +45,11 @@ def test_each_bad_reference_is_named(tmp_path):
     assert problem(3, tmp_path) == "must be a path, URL or base64 string, got 3"
     with pytest.raises(FileNotFoundError):
         open_image("imgs/missing.png", tmp_path)
+
+
+def test_an_image_over_the_side_budget_is_downscaled_with_its_aspect(tmp_path):
+    assert fitted_size(40, 30, None) == (40, 30) and fitted_size(40, 30, 40) == (40, 30)
+    assert fitted_size(40, 30, 20) == (20, 15) and fitted_size(30, 400, 100) == (8, 100)
+    (tmp_path / "a.png").write_bytes(_png_bytes())
+    small = open_image("a.png", tmp_path, max_side=20)
+    assert small.size == (20, 15) and small.getpixel((10, 7)) == (200, 30, 30)

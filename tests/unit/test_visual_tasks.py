@@ -18,7 +18,7 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("task", ["shape_count", "shape_colour"])
+@pytest.mark.parametrize("task", ["shape_count", "shape_colour", "colour"])
 def test_seeded_and_the_test_split_differs(task):
     a, b = generate_visual(task, 8, seed=3), generate_visual(task, 8, seed=3)
     assert [e.answer for e in a] == [e.answer for e in b] and [_png(e.image) for e in a] == [_png(e.image) for e in b]
@@ -27,7 +27,8 @@ def test_seeded_and_the_test_split_differs(task):
     assert a[0].image.size == (DEFAULT_SIZE, DEFAULT_SIZE) and a[0].image.mode == "RGB"
 
 
-@pytest.mark.parametrize("task, answers", [("shape_count", {"1", "2", "3", "4"}), ("shape_colour", set(COLOURS))])
+@pytest.mark.parametrize("task, answers", [("shape_count", {"1", "2", "3", "4"}), ("shape_colour", set(COLOURS)),
+                                           ("colour", set(COLOURS))])
 def test_answers_are_balanced_so_no_constant_beats_a_quarter_by_much(task, answers):
     counts = Counter(e.answer for e in generate_visual(task, 800, seed=0))
     assert set(counts) == answers
@@ -43,6 +44,9 @@ def test_the_image_shows_the_answer():
         # only the square wears the answer's colour, and it is at least (0.55 cell)^2 big (antialiasing aside)
         assert pixels[COLOURS[ex.answer]] >= int(0.55 * cell - 1) ** 2, (ex.answer, pixels.most_common(4))
         assert ex.metadata["shapes"].count("square") == 1
+    for ex in generate_visual("colour", 50, seed=1):
+        colours = {c for c in Counter(ex.image.getdata()) if c in COLOURS.values()}
+        assert colours == {COLOURS[ex.answer]} and len(ex.metadata["shapes"]) == 1
 
 
 def test_rows_and_images_written_beside_the_jsonl(tmp_path):
