@@ -402,6 +402,10 @@ class ServeConfig(Section):
         10, gt=0, description="how often Serve asks each replica whether its engine lives; a dead one is replaced")
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
+    image_dir: str | None = Field(None, description="vision-language models: a directory whose images requests may "
+                                  "name as file:// URLs; null: data URLs only (and remote ones when allowed)")
+    allow_remote_images: bool = Field(False, description="vision-language models: fetch http(s) image URLs on the "
+                                      "server (off: a request could make the server fetch any address)")
 
     @property
     def start_replicas(self) -> int:

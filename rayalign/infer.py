@@ -5,6 +5,9 @@ Batch (``--input prompts.jsonl --output out.jsonl``): rows with ``prompt`` (text
 ``infer.num_workers`` rollout workers (the RL rollout actor class, one engine each); each output row is
 the input row plus ``response`` (``responses`` when ``infer.n`` > 1), ``finish_reason`` and
 ``completion_tokens``, in input order. Prompt j samples with ``seed + j * n`` however many workers run.
+With a vision-language model, messages may hold image parts (``{"type": "image", "image": PATH | URL |
+base64}``, as in ``vl_prompt`` rows; paths relative to the input file): they are read and checked here, each
+bad one named with its line, before any worker starts.
 
 Interactive (``--interactive``): one engine in this process; the conversation is kept, ``/reset`` starts
 over, ``/exit`` or Ctrl-D leaves. The reply is printed as it streams from the engine.
@@ -23,9 +26,12 @@ from tqdm import tqdm
 from rayalign.config import InferConfig, ModelConfig, RolloutConfig
 from rayalign.data.collate import tokenize_prompt
 from rayalign.data.sources import iter_dicts
-from rayalign.engines.base import Completion, SamplingSpec
+from rayalign.data import images as image_refs
+from rayalign.data.vl_tokenize import prompt_ids
+from rayalign.engines.base import Completion, ImagePrompt, SamplingSpec
 from rayalign.errors import DataError, RunError
 from rayalign.models.loading import load_tokenizer
+from rayalign.models.vlm import is_vlm, load_processor
 from rayalign.outputs import staged
 
 
@@ -53,12 +59,12 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
     from rayalign.workers.group import spawn
     from rayalign.workers.rollout import RolloutFailed, RolloutWorker, dispatch, stop
 
-    tokenizer = load_tokenizer(model)
+    processor = load_processor(model) if is_vlm(model) else None
+    tokenizer = processor or load_tokenizer(model)
     rows, prompts = [], []
     for where, row in iter_dicts(str(source)):
         rows.append(row)
-        prompts.append(tokenize_prompt(tokenizer, conversation(row, where, cfg.system_prompt),
-                                       cfg.max_model_len - cfg.max_new_tokens))
+        prompts.append(_prompt(tokenizer, conversation(row, where, cfg.system_prompt), cfg, where, source.parent))
     local_ray.ensure(log_to_driver=False)
     engine = RolloutConfig.model_validate({k: v for k, v in cfg.model_dump().items() if k in RolloutConfig.model_fields})
     workers = spawn(RolloutWorker, cfg.num_workers, role="infer worker", num_cpus=cfg.num_cpus,
@@ -78,6 +84,29 @@ def batch(model: ModelConfig, cfg: InferConfig, source: Path, target: Path, echo
             f.write(json.dumps({**row, **output_fields(group, cfg.n)}) + "\n")
     tokens = sum(len(c.token_ids) for group in results for c in group)
     echo(f"{len(rows)} prompts, {tokens} completion tokens; wrote {target}")
+
+
+def _prompt(tokenizer, messages: list[dict] | str, cfg: InferConfig, where: str, base: Path):
+    """A row's prompt as token ids; with image parts (``tokenizer`` is then a processor), an ``ImagePrompt``."""
+    room = cfg.max_model_len - cfg.max_new_tokens
+    parts = [] if isinstance(messages, str) else [
+        (f"messages[{i}].content[{j}]", p) for i, m in enumerate(messages) if isinstance(m.get("content"), list)
+        for j, p in enumerate(m["content"]) if isinstance(p, dict) and p.get("type") == "image"]
+    if not parts and not hasattr(tokenizer, "image_processor"):
+        return tokenize_prompt(tokenizer, messages, room)
+    if parts and not hasattr(tokenizer, "image_processor"):
+        raise DataError(f"{where}: {parts[0][0]} is an image; the model takes text only")
+    for field, part in parts:
+        bad = image_refs.problem(part.get("image"), base)
+        if bad:
+            raise DataError(f"{where}: {field}.image {bad}")
+    images = [image_refs.open_image(part["image"], base) for _, part in parts]
+    ids, template = prompt_ids(tokenizer, [{"role": "user", "content": messages}] if isinstance(messages, str)
+                               else messages, images)
+    if len(ids) > room:
+        raise DataError(f"{where}: the prompt is {len(ids)} tokens with its image tokens, over infer.max_model_len "
+                        f"- infer.max_new_tokens = {room}")
+    return ImagePrompt(ids, tuple(images), template) if images else ids
 
 
 def output_fields(group: list[Completion], n: int) -> dict[str, Any]:

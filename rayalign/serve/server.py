@@ -3,7 +3,8 @@
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both streamed as
 server-sent events with ``"stream": true``), ``GET /health``. Chat messages render through the model's
-chat template exactly as RL prompts do (``data.collate.tokenize_prompt``).
+chat template exactly as RL prompts do (``data.collate.tokenize_prompt``); a vision-language model's replica
+also takes ``image_url`` parts (``serve/images.py`` reads them) and renders through its processor.
 
 Every refusal is an OpenAI error body with a 4xx status, checked in the order OpenAI checks: the API
 key (401), the JSON body (400), the model name (404), the context length (400). A refused request
@@ -29,9 +30,11 @@ from starlette.exceptions import HTTPException
 
 from rayalign.config import ModelConfig, ServeConfig
 from rayalign.data.collate import tokenize_prompt
-from rayalign.engines.base import Delta, EngineDied, SamplingSpec
+from rayalign.engines.base import Delta, EngineDied, ImagePrompt, SamplingSpec, prompt_tokens
 from rayalign.engines.build import build_engine
 from rayalign.models.loading import load_tokenizer
+from rayalign.models.vlm import is_vlm, load_processor
+from rayalign.serve.images import chat_prompt
 from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, envelope, error_body,
                                      response_id, usage)
 from rayalign.workers.group import quiet_actor
@@ -101,7 +104,9 @@ def sse(body: dict | str) -> str:
 class OpenAIServer:
     def __init__(self, model: ModelConfig, cfg: ServeConfig, api_key: str | None):
         quiet_actor(cfg.torch_threads)
-        self.tokenizer = load_tokenizer(model)
+        self.cfg = cfg
+        self.processor = load_processor(model) if is_vlm(model) else None  # a vision-language model's
+        self.tokenizer = self.processor.tokenizer if self.processor else load_tokenizer(model)
         self.engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
                                    kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0, streaming=True)
@@ -131,9 +136,8 @@ class OpenAIServer:
         self._auth(request)
         body: ChatRequest = _parse(ChatRequest, await request.body())
         self._check_model(body.model)
-        prompt = tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages],
-                                 None)
-        spec = self._spec(body, len(prompt), body.top_k())
+        prompt = self._chat_prompt(body)
+        spec = self._spec(body, len(prompt_tokens(prompt)), body.top_k())
         rid = response_id("chatcmpl")
         if body.stream:
             return self._stream(self._chat_chunks(rid, prompt, spec, body))
@@ -142,7 +146,7 @@ class OpenAIServer:
                 "logprobs": self._chat_logprobs(c.tokens, c.logprobs, c.top) if body.logprobs else None,
                 "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
         return envelope(rid, "chat.completion", self.name, out,
-                        usage(len(prompt), sum(len(c.tokens) for c in choices)))
+                        usage(len(prompt_tokens(prompt)), sum(len(c.tokens) for c in choices)))
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
@@ -174,6 +178,18 @@ class OpenAIServer:
             raise APIError(401, "Incorrect API key provided" if token else
                            "You didn't provide an API key (Authorization: Bearer KEY)", code="invalid_api_key")
 
+    def _chat_prompt(self, body: ChatRequest):
+        """Token ids; with images (a vision-language model only), an ``ImagePrompt``."""
+        if self.processor is not None:
+            prompt = chat_prompt(body.messages, self.processor, self.cfg)
+            return prompt if prompt.images else prompt.token_ids
+        for i, message in enumerate(body.messages):
+            if message.images():
+                raise APIError(400, f"messages.{i}.content: the model `{self.name}` takes text only; image_url "
+                               "parts need a vision-language model", param=f"messages.{i}.content",
+                               code="images_not_supported")
+        return tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages], None)
+
     def _check_model(self, name: str) -> None:
         if name != self.name:
             raise APIError(404, f"The model `{name}` does not exist (this server has `{self.name}`)",
@@ -192,7 +208,7 @@ class OpenAIServer:
 
     # ---- generation -------------------------------------------------------------------------------
 
-    async def _collect(self, prompt: list[int], spec: SamplingSpec) -> list[Choice]:
+    async def _collect(self, prompt: list[int] | ImagePrompt, spec: SamplingSpec) -> list[Choice]:
         choices = [Choice() for _ in range(spec.n)]
         async for d in self.engine.stream(prompt, spec):
             choices[d.index].add(d)
@@ -202,7 +218,7 @@ class OpenAIServer:
     def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
         return StreamingResponse(chunks, media_type="text/event-stream")
 
-    async def _chat_chunks(self, rid: str, prompt: list[int], spec: SamplingSpec,
+    async def _chat_chunks(self, rid: str, prompt: list[int] | ImagePrompt, spec: SamplingSpec,
                            body: ChatRequest) -> AsyncIterator[str]:
         for i in range(spec.n):  # the role first, as OpenAI sends it
             yield sse(envelope(rid, "chat.completion.chunk", self.name, [
@@ -219,7 +235,7 @@ class OpenAIServer:
                 {"index": d.index, "delta": {"content": d.text}, "logprobs": logprobs,
                  "finish_reason": d.finish_reason}]))
         if body.stream_options and body.stream_options.include_usage:
-            yield sse(envelope(rid, "chat.completion.chunk", self.name, [], usage(len(prompt), tokens)))
+            yield sse(envelope(rid, "chat.completion.chunk", self.name, [], usage(len(prompt_tokens(prompt)), tokens)))
         yield sse("[DONE]")
 
     async def _completion_chunks(self, rid: str, prompts: list[list[int]], specs: list[SamplingSpec],
@@ -239,7 +255,7 @@ class OpenAIServer:
             yield sse(envelope(rid, "text_completion", self.name, [], usage(sum(map(len, prompts)), tokens)))
         yield sse("[DONE]")
 
-    async def _guarded(self, prompt: list[int], spec: SamplingSpec) -> AsyncIterator[Delta | str]:
+    async def _guarded(self, prompt: list[int] | ImagePrompt, spec: SamplingSpec) -> AsyncIterator[Delta | str]:
         """The engine's pieces; an engine failure mid-stream (headers already sent) becomes an error
         event, the way OpenAI reports one, instead of a cut connection."""
         try:

@@ -120,6 +120,9 @@ def test_api_key_required(server):
     (json.dumps({"model": "tiny", "messages": MESSAGES, "best_of": 2}).encode(), 400,
      "Unrecognized request argument supplied: best_of"),
     (json.dumps({"model": "tiny", "messages": []}).encode(), 400, "messages"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}).encode(), 400,
+     "messages.0.content: the model `tiny` takes text only"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, body, status, text):
     r = httpx.post(f"{server}/chat/completions", content=body,
