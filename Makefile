@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install quickstart test test-unit test-integration clean
+.PHONY: install quickstart vision test test-unit test-integration clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml Makefile
 
 quickstart: $(STAMP)
 	$(PY) examples/letter_count_pipeline.py --out outputs/quickstart --overwrite
+
+vision: $(STAMP)
+	$(PY) examples/vision_pipeline.py --out outputs/vision
 
 test: $(STAMP)
 	$(PY) -m bandit -q -r rayalign -lll  # high-severity findings fail CI before the tests run

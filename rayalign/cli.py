@@ -336,7 +336,7 @@ def data_pairs(
 @models_app.command("create-tiny")
 def models_create_tiny(
     out: Path = typer.Argument(..., help="output directory"),
-    arch: str = typer.Option("qwen2", help="qwen2 | llama | llava (a vision-language model with its processor)"),
+    arch: str = typer.Option("qwen2", help="qwen2 | llama | idefics3 | llava (the last two: vision-language models with their processor)"),
     layers: int = typer.Option(2, min=1), hidden: int = typer.Option(128, min=64),
     vocab: int = typer.Option(1024, help="BPE vocabulary size (upper bound)"),
     seed: int = typer.Option(0),
@@ -350,7 +350,7 @@ def models_create_tiny(
     if arch not in ARCHS + VL_ARCHS:
         raise UserError(f"--arch must be one of {', '.join(ARCHS + VL_ARCHS)}, got '{arch}'")
     vision = arch in VL_ARCHS
-    check_sizes("qwen2" if vision else arch, hidden, vocab)  # a VLM's language model is the tiny Qwen2
+    check_sizes("qwen2" if vision else arch, hidden, vocab)  # a VLM's language model is the tiny text model
     check_dir(out, "OUT", force)
     with staged(out) as tmp:
         (create_tiny_vlm if vision else create_tiny)(tmp, arch=arch, layers=layers, hidden=hidden, vocab=vocab,

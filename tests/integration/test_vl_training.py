@@ -70,6 +70,24 @@ def test_vl_sft_on_two_workers_learns_the_visual_task_far_beyond_the_best_consta
     assert all(colour["accuracy_by_answer"][c] >= 0.8 for c in ("red", "green", "blue", "yellow")), colour
 
 
+def test_vl_sft_stopped_and_resumed_ends_bit_for_bit_where_the_straight_run_did(vl_sft_final, tiny_vlm, tmp_path):
+    from safetensors.torch import load_file
+
+    from rayalign.recipes.ray_train import run
+
+    _, straight = vl_sft_final
+    cfg = vl_sft_recipe(tiny_vlm, tmp_path)
+    half = cfg.model_copy(update={"training": cfg.training.model_copy(update={"stop_after_steps": STEPS // 2})})
+    assert run(half) is None  # a checkpoint at step 60, with the processor beside the weights
+    said = []
+    resumed = run(cfg.model_copy(update={"training": cfg.training.model_copy(update={"resume": "auto"})}),
+                  echo=said.append)
+    assert f"vl_sft: {16 * STEPS} train rows, {STEPS} steps, resuming after step {STEPS // 2}" in said
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert AutoProcessor.from_pretrained(resumed).image_token_id == AutoProcessor.from_pretrained(straight).image_token_id
+
+
 def test_grpo_on_the_vlm_through_every_role_with_vllm_reads_the_images_and_syncs(vl_sft_final, tmp_path):
     from rayalign.recipes.grpo import run
 

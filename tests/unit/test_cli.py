@@ -58,7 +58,7 @@ def test_data_make_then_validate(tmp_path, capsys):
 def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
     code, _, err = run(["data", "make", "chess", "--out", str(tmp_path / "x.jsonl")], capsys)
     assert (code, err) == (2, "error: unknown task 'chess' (known: letter_count, arithmetic, countdown, "
-                              "shape_count, shape_colour)\n")
+                              "shape_count, shape_colour, colour)\n")
     code, _, err = run(["data", "validate", str(tmp_path / "none.jsonl"), "--format", "sft"], capsys)
     assert (code, err) == (2, f"error: {tmp_path}/none.jsonl: no such file or directory\n")
     cfg = tmp_path / "c.yaml"
@@ -100,7 +100,7 @@ def test_create_tiny_rejects_bad_sizes(tmp_path, capsys):
     code, _, err = run(["models", "create-tiny", str(tmp_path / "m"), "--hidden", "100"], capsys)
     assert (code, err) == (2, "error: --hidden must be a multiple of 64 (head_dim), got 100\n")
     code, _, err = run(["models", "create-tiny", str(tmp_path / "m"), "--arch", "gpt2"], capsys)
-    assert (code, err) == (2, "error: --arch must be one of qwen2, llama, llava, got 'gpt2'\n")
+    assert (code, err) == (2, "error: --arch must be one of qwen2, llama, llava, idefics3, got 'gpt2'\n")
 
 
 def test_unknown_format_is_rejected(tmp_path, capsys):
