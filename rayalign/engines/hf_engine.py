@@ -46,6 +46,9 @@ class HFEngine:
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos.add(self.tokenizer.eos_token_id)
+        # a vision-language model never samples its image placeholder: a completion holding one would make the
+        # next forward (the log-prob pass, the learner's) look for an image it does not have
+        self.banned = [self.processor.image_token_id] if self.processor else None
         self.max_model_len: int = self.model.config.get_text_config().max_position_embeddings
         self._lock = threading.Lock()
 
@@ -71,7 +74,8 @@ class HFEngine:
             do_sample=not greedy, temperature=None if greedy else spec.temperature,
             top_p=None if greedy else spec.top_p, top_k=None, num_return_sequences=1 if greedy else spec.n,
             eos_token_id=sorted(self.eos), pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=list(spec.stop) or None, tokenizer=self.tokenizer if spec.stop else None)
+            stop_strings=list(spec.stop) or None, tokenizer=self.tokenizer if spec.stop else None,
+            suppress_tokens=self.banned)
         samples = []
         for row in out[:, len(tokens):].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in self.eos), len(row))

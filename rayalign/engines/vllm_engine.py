@@ -96,8 +96,15 @@ def single_process(on: bool = True):
             os.environ[MULTIPROCESSING] = before
 
 
-def sampling_params(spec: SamplingSpec, index: int = 0,
-                    kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY) -> SamplingParams:
+def image_token_ids(hf_config) -> tuple[int, ...]:
+    """A vision-language model's image placeholder token: never sampled (a completion holding one would make the
+    learner's forward look for an image it does not have)."""
+    ids = {getattr(hf_config, key, None) for key in ("image_token_id", "image_token_index")}
+    return tuple(sorted(i for i in ids if isinstance(i, int)))
+
+
+def sampling_params(spec: SamplingSpec, index: int = 0, kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+                    banned: tuple[int, ...] = ()) -> SamplingParams:
     # temperature 0 is greedy in vLLM too (it then ignores top_p). A seed makes a request reproducible
     # whatever else is batched with it; prompt ``index`` gets seed + index * n so no two prompts share
     # a random stream (vLLM gives child i of an n-sample request seed + i).
@@ -105,7 +112,7 @@ def sampling_params(spec: SamplingSpec, index: int = 0,
     return SamplingParams(
         n=1 if spec.temperature == 0 else spec.n, temperature=spec.temperature, top_p=spec.top_p,
         max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=spec.top_logprobs,
-        output_kind=kind)
+        output_kind=kind, logit_bias={t: -100.0 for t in banned} or None)  # raw log-probs come before the bias
 
 
 def tokens_prompt(prompt) -> TokensPrompt:
@@ -193,12 +200,13 @@ class VLLMEngine(WeightSync):
                                          gpu_memory_utilization=gpu_memory_utilization))
         _alive.add(id(self))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+        self.banned = image_token_ids(self.llm.llm_engine.model_config.hf_config)
         self._failed: str | None = None  # the cause, once an exception left requests inside the engine
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         self.check_health()
         copies = copies_per_prompt(spec)
-        requests = [(tokens_prompt(p), sampling_params(spec, j))
+        requests = [(tokens_prompt(p), sampling_params(spec, j, banned=self.banned))
                     for j, p in enumerate(prompts) for _ in range(copies)]
         try:  # one call: one continuous batch, the outputs in the order of the requests
             outputs = self.llm.generate([r for r, _ in requests], [s for _, s in requests], use_tqdm=False)

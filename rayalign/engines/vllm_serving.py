@@ -32,8 +32,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from rayalign.config import ModelConfig
 from rayalign.engines import vllm_errors
 from rayalign.engines.base import Completion, Delta, EngineDied, SamplingSpec
-from rayalign.engines.vllm_engine import (WeightSync, copies_per_prompt, engine_args, sampling_params,
-                                          single_process, to_completion, to_delta, tokens_prompt)
+from rayalign.engines.vllm_engine import (WeightSync, copies_per_prompt, engine_args, image_token_ids,
+                                          sampling_params, single_process, to_completion, to_delta, tokens_prompt)
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class AsyncVLLMEngine(WeightSync):
         with single_process(cpu):
             self.llm = self._run(self._start(args))
         self.max_model_len: int = self.llm.model_config.max_model_len
+        self.banned = image_token_ids(self.llm.model_config.hf_config)
 
     @staticmethod
     async def _start(args: AsyncEngineArgs) -> AsyncLLM:
@@ -85,7 +86,7 @@ class AsyncVLLMEngine(WeightSync):
         copies = copies_per_prompt(spec)
 
         async def all_requests() -> list[RequestOutput]:  # submitted together: one continuous batch
-            return await asyncio.gather(*(self._final(p, sampling_params(spec, j))
+            return await asyncio.gather(*(self._final(p, sampling_params(spec, j, banned=self.banned))
                                           for j, p in enumerate(prompts) for _ in range(copies)))
 
         outputs = self._run(all_requests())
@@ -99,7 +100,8 @@ class AsyncVLLMEngine(WeightSync):
 
         async def one(i: int) -> None:
             seed = None if spec.seed is None else spec.seed + i
-            params = sampling_params(dataclasses.replace(spec, n=1, seed=seed), kind=RequestOutputKind.DELTA)
+            params = sampling_params(dataclasses.replace(spec, n=1, seed=seed), kind=RequestOutputKind.DELTA,
+                                     banned=self.banned)
             async for out in self.llm.generate(tokens_prompt(prompt), params, uuid.uuid4().hex):
                 for o in out.outputs:
                     put(to_delta(i, o, spec.top_logprobs))

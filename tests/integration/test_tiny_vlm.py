@@ -120,3 +120,23 @@ def test_the_hf_engine_answers_image_prompts_with_the_images_log_probs(tiny_vlm)
 
     assert one.logprobs == pytest.approx(logps(a.image), abs=1e-4)  # scored with the prompt's own image
     assert max(abs(x - y) for x, y in zip(logps(b.image), one.logprobs)) > 1e-4  # another image scores otherwise
+
+
+def test_the_engine_never_samples_the_image_placeholder(tiny_vlm):
+    """A completion holding an image token would make the log-prob pass (and the learner) look for a missing image."""
+    from rayalign.config import ModelConfig
+    from rayalign.data.vl_tokenize import prompt_ids
+    from rayalign.engines.base import ImagePrompt, SamplingSpec
+    from rayalign.engines.hf_engine import HFEngine
+
+    engine = HFEngine(ModelConfig(name_or_path=str(tiny_vlm)))
+    [ex] = generate_visual("colour", 1, seed=4)
+    ids, template = prompt_ids(engine.processor, to_vl_row(ex, "vl_prompt", "a.png")["prompt"], [ex.image])
+    image_id = engine.processor.image_token_id
+    batch = {"input_ids": torch.tensor([ids]), **engine.processor.image_processor([ex.image], return_tensors="pt")}
+    with torch.no_grad():  # make the image token the model's clear first choice (tied: its output row)
+        last = engine.model(**batch, output_hidden_states=True).hidden_states[-1][0, -1]
+        engine.model.get_output_embeddings().weight[image_id] = 50 * last / last.norm()
+        assert int(engine.model(**batch).logits[0, -1].argmax()) == image_id
+    [[c]] = engine.generate([ImagePrompt(ids, (ex.image,), template)], SamplingSpec(temperature=0, max_new_tokens=4))
+    assert c.token_ids and image_id not in c.token_ids and len(c.logprobs) == len(c.token_ids)
