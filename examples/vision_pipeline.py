@@ -7,7 +7,8 @@
 2. VL-SFT on ``colour`` (Ray Train, 2 FSDP2 workers: configs/recipes/tiny/vl_sft.yaml);
 3. GRPO from it on ``shape_colour`` (configs/recipes/tiny/vl_grpo.yaml: vLLM rollouts with multimodal prompts,
    FSDP2 learner, reward worker; reward: the boxed answer);
-4. each model on 200 held-out images of both tasks, beside the best constant answer (``rayalign evaluate``);
+4. each trained model on 200 held-out images of both tasks, greedy and sampled (4 per image, temperature 1),
+   beside the best constant answer (``rayalign evaluate``);
 5. ``OUTPUT_DIR/report.json`` and ``results.md``.
 """
 
@@ -70,21 +71,21 @@ def main(argv: list[str] | None = None) -> dict:
     own_ray = not ray.is_initialized()
     if own_ray:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results, seconds = {"base": held_out(model, out / "eval" / "base")}, {}
+    results, seconds = {}, {}  # the untrained model's row is the best constant answer's
     try:
         print("[2/4] VL-SFT on colour")
         start = time.time()
-        sft = train("vl_sft.yaml", [f"model.name_or_path={model}", f"training.output_dir={out / 'vl_sft'}",
-                                    "training.overwrite=true",
-                                    f"data.train.datasets.0.path={data / 'colour_sft.jsonl'}",
-                                    f"data.eval.datasets.0.path={data / 'colour_sft_eval.jsonl'}"])
+        sft = train("vl_sft.yaml", ["--model.name_or_path", str(model), "--training.output_dir", str(out / "vl_sft"),
+                                    "--training.overwrite", "true",
+                                    "--data.train.datasets[0].path", str(data / "colour_sft.jsonl"),
+                                    "--data.eval.datasets[0].path", str(data / "colour_sft_eval.jsonl")])
         seconds["vl_sft"] = time.time() - start
         results["vl_sft"] = held_out(sft, out / "eval" / "vl_sft")
         print("[3/4] GRPO on shape_colour")
         start = time.time()
-        tuned = train("vl_grpo.yaml", [f"model.name_or_path={sft}", f"training.output_dir={out / 'vl_grpo'}",
-                                       "training.overwrite=true", f"training.max_steps={args.grpo_steps}",
-                                       f"data.train.datasets.0.path={data / 'shape_colour_prompt.jsonl'}"])
+        tuned = train("vl_grpo.yaml", ["--model.name_or_path", str(sft), "--training.output_dir", str(out / "vl_grpo"),
+                                       "--training.overwrite", "true", "--training.max_steps", str(args.grpo_steps),
+                                       "--data.train.datasets[0].path", str(data / "shape_colour_prompt.jsonl")])
         seconds["vl_grpo"] = time.time() - start
         results["vl_grpo"] = held_out(tuned, out / "eval" / "vl_grpo")
     finally:
