@@ -379,7 +379,8 @@ class RewardConfig(Section):
 class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 to accept other machines)")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port")
-    served_model_name: str | None = Field(None, description="name in /v1/models; default: the model path")
+    served_model_name: str | None = Field(None, description="name in /v1/models; default: a hub id as it is, a "
+                                          "local directory by its last two path parts (never the full path)")
     api_key: str | None = Field(None, description="required Bearer key; null = api_key_env, else open")
     api_key_env: str = Field("RAYALIGN_API_KEY", description="environment variable read when api_key is null")
     engine: Literal["vllm", "hf"] = Field("vllm", description="generation engine of each replica")
@@ -402,6 +403,12 @@ class ServeConfig(Section):
         10, gt=0, description="how often Serve asks each replica whether its engine lives; a dead one is replaced")
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
+    max_body_bytes: int = Field(8_000_000, gt=0, description="request body size; larger: 413 before parsing")
+    max_prompt_chars: int = Field(200_000, gt=0, description="characters of prompt text a request may send (all "
+                                  "messages or prompts); more: 400 before tokenizing")
+    max_choices: int = Field(64, gt=0, description="prompts x n per request; more: 400")
+    max_completion_tokens: int | None = Field(None, gt=0, description="cap on max_tokens (and the default when a "
+                                              "request sets none); null: the context left after the prompt")
     image_dir: str | None = Field(None, description="vision-language models: a directory whose images requests may "
                                   "name as file:// URLs; null: data URLs only (and remote ones when allowed)")
     allow_remote_images: bool = Field(False, description="vision-language models: fetch http(s) image URLs on the "

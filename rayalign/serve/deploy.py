@@ -19,7 +19,7 @@ from ray.serve.schema import ApplicationStatus
 
 from rayalign.config import ModelConfig, ServeConfig
 from rayalign.errors import UserError
-from rayalign.serve.server import OpenAIServer
+from rayalign.serve.server import OpenAIServer, served_name
 
 
 class DeployError(UserError):
@@ -93,7 +93,7 @@ def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Call
         raise UserError("--detach needs a running Ray cluster to leave the app on (ray start --head)") from None
     url = deploy(model, cfg)
     key = " (Bearer key required)" if api_key(cfg) else ""
-    echo(f"serving '{cfg.served_model_name or model.name_or_path}' at {url}{key}")
+    echo(f"serving '{cfg.served_model_name or served_name(model)}' at {url}{key}")
     if detach:
         echo(f"detached: the app '{cfg.app_name}' keeps running on the cluster (rayalign serve --stop to delete it)")
         return

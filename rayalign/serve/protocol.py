@@ -1,6 +1,11 @@
 """The OpenAI API shapes we serve: request bodies (validated; unknown fields refused, as OpenAI does),
 response and stream-chunk bodies, and the error body ``{"error": {message, type, param, code}}``.
 
+Bodies are parsed strictly, as OpenAI's API does: ``true`` is not a number, ``"yes"`` not a boolean, NaN and
+Infinity are refused, ``seed`` is a signed 64-bit integer, ``stop`` strings are not empty (at most 4), and
+``top_logprobs`` needs ``logprobs: true``. What needs the model (token ids against its vocabulary, the context
+length) is checked by the server, still before the engine.
+
 Kept to the subset of /v1/chat/completions and /v1/completions the engines implement. Log-probs are
 the raw model's (before temperature / top-p), as vLLM reports them by default.
 """
@@ -11,11 +16,14 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+INT64 = 2 ** 63
+MAX_STOPS = 4
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -28,10 +36,20 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if any(s == "" for s in stops):
+            raise ValueError("a stop sequence must not be empty")
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
+        return stop
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -72,6 +90,13 @@ class ChatRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value, info: ValidationInfo):
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
@@ -83,6 +108,19 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=5)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt):
+        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+        if not prompts:
+            raise ValueError("must hold at least one prompt")
+        for p in prompts:
+            if len(p) == 0:
+                raise ValueError("a prompt must not be empty")
+            if not isinstance(p, str) and min(p) < 0:
+                raise ValueError(f"token ids are not negative, got {min(p)}")
+        return prompt
 
     def limit(self) -> int | None:
         return self.max_tokens

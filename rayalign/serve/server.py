@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -39,7 +40,20 @@ from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, e
                                      response_id, usage)
 from rayalign.workers.group import quiet_actor
 
-app = FastAPI(title="rayalign OpenAI-compatible API")
+app = FastAPI(title="rayalign OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)  # not open
+ECHO_CHARS = 64  # of a client's value quoted back in an error (a 1 MB model name is not sent back)
+SEED_RANGE = 2 ** 62  # the engines' seeds: a request's seed modulo this, leaving room for per-prompt offsets
+
+
+def served_name(model: ModelConfig) -> str:
+    """The model id a replica answers to by default: a hub id as it is; a local directory by its last two path
+    parts (``sft/final``), never the server's full path."""
+    path = Path(model.name_or_path)
+    return "/".join(path.parts[-2:]) if path.is_absolute() or path.exists() else model.name_or_path
+
+
+def _quoted(value: str) -> str:
+    return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + f"... ({len(value)} characters)"
 
 
 @app.exception_handler(APIError)
@@ -53,10 +67,16 @@ async def _engine_died(request: Request, exc: EngineDied) -> JSONResponse:
                                    kind="server_error", code="engine_dead"), status_code=503)
 
 
-@app.exception_handler(Exception)
-async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours: still OpenAI JSON
-    return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", kind="server_error"),
-                        status_code=500)
+@app.middleware("http")
+async def _internal(request: Request, call_next) -> Any:
+    """A failure no handler above took (a bug of ours, an engine's error on one request): still OpenAI JSON with
+    its cause. A middleware, not an ``Exception`` handler: Starlette re-raises after those, and the client then
+    got Serve's plain-text 500."""
+    try:
+        return await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - answered as JSON, logged by Serve
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {_quoted(str(exc))}",
+                                       kind="server_error"), status_code=500)
 
 
 @app.exception_handler(HTTPException)
@@ -110,7 +130,7 @@ class OpenAIServer:
         self.engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
                                    kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0, streaming=True)
-        self.name = cfg.served_model_name or model.name_or_path
+        self.name = cfg.served_model_name or served_name(model)
         self.api_key = api_key
         self.created = int(time.time())
 
@@ -134,15 +154,16 @@ class OpenAIServer:
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         self._auth(request)
-        body: ChatRequest = _parse(ChatRequest, await request.body())
+        body: ChatRequest = _parse(ChatRequest, await self._body(request))
         self._check_model(body.model)
+        self._check_size(body.n, [m.text() for m in body.messages], "messages")
         prompt = self._chat_prompt(body)
         spec = self._spec(body, len(prompt_tokens(prompt)), body.top_k())
         rid = response_id("chatcmpl")
         if body.stream:
             return self._stream(self._chat_chunks(rid, prompt, spec, body))
         choices = await self._collect(prompt, spec)
-        out = [{"index": i, "message": {"role": "assistant", "content": c.text},
+        out = [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
                 "logprobs": self._chat_logprobs(c.tokens, c.logprobs, c.top) if body.logprobs else None,
                 "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
         return envelope(rid, "chat.completion", self.name, out,
@@ -151,9 +172,11 @@ class OpenAIServer:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
         self._auth(request)
-        body: CompletionRequest = _parse(CompletionRequest, await request.body())
+        body: CompletionRequest = _parse(CompletionRequest, await self._body(request))
         self._check_model(body.model)
-        prompts = [p if isinstance(p, list) else tokenize_prompt(self.tokenizer, p, None) for p in body.prompts()]
+        self._check_size(body.n * len(body.prompts()), [p for p in body.prompts() if isinstance(p, str)], "prompt")
+        prompts = [self._known_ids(p) if isinstance(p, list) else tokenize_prompt(self.tokenizer, p, None)
+                   for p in body.prompts()]
         specs = [self._spec(body, len(p), body.logprobs or 0) for p in prompts]
         rid = response_id("cmpl")
         if body.stream:
@@ -190,21 +213,62 @@ class OpenAIServer:
                                code="images_not_supported")
         return tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages], None)
 
+    async def _body(self, request: Request) -> bytes:
+        """The body, read no further than ``serve.max_body_bytes`` (413 past it, before any parsing)."""
+        cap = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        too_big = APIError(413, f"the request body is over this server's {cap} bytes (serve.max_body_bytes)",
+                           code="request_too_large")
+        if declared.isdigit() and int(declared) > cap:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_size(self, choices: int, texts: list[str], param: str) -> None:
+        """Bounded work before tokenizing: prompts x n (``serve.max_choices``) and prompt characters
+        (``serve.max_prompt_chars``)."""
+        if choices > self.cfg.max_choices:
+            raise APIError(400, f"n: {choices} completions in one request (prompts x n); this server takes at most "
+                           f"{self.cfg.max_choices} (serve.max_choices)", param="n")
+        chars = sum(map(len, texts))
+        if chars > self.cfg.max_prompt_chars:
+            raise APIError(400, f"{param}: {chars} characters of prompt text; this server takes at most "
+                           f"{self.cfg.max_prompt_chars} (serve.max_prompt_chars)", param=param,
+                           code="context_length_exceeded")
+
+    def _known_ids(self, ids: list[int]) -> list[int]:
+        vocab = len(self.tokenizer)
+        if max(ids) >= vocab:
+            raise APIError(400, f"prompt: token id {max(ids)} is outside the vocabulary (0 to {vocab - 1})",
+                           param="prompt")
+        return ids
+
     def _check_model(self, name: str) -> None:
         if name != self.name:
-            raise APIError(404, f"The model `{name}` does not exist (this server has `{self.name}`)",
+            raise APIError(404, f"The model `{_quoted(name)}` does not exist (this server has `{self.name}`)",
                            param="model", code="model_not_found")
 
     def _spec(self, body: ChatRequest | CompletionRequest, prompt_len: int, top_k: int) -> SamplingSpec:
         room = self.engine.max_model_len - prompt_len
-        limit = body.limit()
+        limit, cap = body.limit(), self.cfg.max_completion_tokens
+        if cap is not None and limit is not None and limit > cap:
+            raise APIError(400, f"max_tokens: {limit} is over this server's {cap} (serve.max_completion_tokens)",
+                           param="max_tokens")
+        if limit is None and cap is not None and room > 0:
+            limit = min(cap, room)
         if room < 1 or (limit is not None and limit > room):
             raise APIError(400, f"This model's maximum context length is {self.engine.max_model_len} tokens. "
                            f"However, you requested {prompt_len + (limit or 1)} tokens ({prompt_len} in the "
                            f"prompt, {limit or 1} for the completion).", param="max_tokens",
                            code="context_length_exceeded")
+        seed = None if body.seed is None else body.seed % SEED_RANGE
         return SamplingSpec(n=body.n, temperature=body.temperature, top_p=body.top_p,
-                            max_new_tokens=limit or room, seed=body.seed, stop=body.stops(), top_logprobs=top_k)
+                            max_new_tokens=limit or room, seed=seed, stop=body.stops(), top_logprobs=top_k)
 
     # ---- generation -------------------------------------------------------------------------------
 
@@ -228,6 +292,7 @@ class OpenAIServer:
         async for d in self._guarded(prompt, spec):
             if isinstance(d, str):
                 yield d
+                yield sse("[DONE]")
                 return
             tokens += len(d.token_ids)
             logprobs = self._chat_logprobs(d.token_ids, d.logprobs, d.top_logprobs) if body.logprobs else None
@@ -245,6 +310,7 @@ class OpenAIServer:
             async for d in self._guarded(prompt, spec):
                 if isinstance(d, str):
                     yield d
+                    yield sse("[DONE]")
                     return
                 tokens += len(d.token_ids)
                 piece = Choice(d.token_ids, d.logprobs, d.top_logprobs, d.text)
@@ -264,7 +330,8 @@ class OpenAIServer:
         except EngineDied as exc:
             yield sse(error_body(f"serve replica: {exc}", kind="server_error", code="engine_dead"))
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged by Serve
-            yield sse(error_body(f"generation failed: {exc}", kind="server_error"))
+            yield sse(error_body(f"generation failed: {type(exc).__name__}: {_quoted(str(exc) or 'no message')}",
+                                 kind="server_error"))
 
     # ---- log-prob shapes -------------------------------------------------------------------------
 
@@ -278,10 +345,11 @@ class OpenAIServer:
 
         return {"content": [
             {**entry(t, lp), "top_logprobs": [entry(k, v) for k, v in (top[j] if top else {}).items()]}
-            for j, (t, lp) in enumerate(zip(tokens, logprobs))]}
+            for j, (t, lp) in enumerate(zip(tokens, logprobs))], "refusal": None}
 
     def _text_logprobs(self, c: Choice) -> dict:
         strings = [self._token(t) for t in c.tokens]
         offsets = [sum(map(len, strings[:j])) for j in range(len(strings))]
         return {"tokens": strings, "token_logprobs": c.logprobs, "text_offset": offsets,
-                "top_logprobs": [{self._token(k): v for k, v in step.items()} for step in c.top] or None}
+                "top_logprobs": [{self._token(k): v for k, v in step.items()} for step in c.top] if c.top
+                else [{} for _ in c.tokens]}  # logprobs 0: no alternatives, still one (empty) map per token

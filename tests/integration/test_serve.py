@@ -35,7 +35,8 @@ def server(ray_local, tiny_model_dir):
     from rayalign.serve.deploy import deploy
 
     cfg = ServeConfig(port=free_port(), api_key=KEY, num_cpus=0.5, max_model_len=256, served_model_name="tiny",
-                      health_check_period_s=2)
+                      health_check_period_s=2, max_body_bytes=300_000, max_prompt_chars=20_000, max_choices=16,
+                      max_completion_tokens=250)
     url = deploy(ModelConfig(name_or_path=str(tiny_model_dir)), cfg)
     yield url
     serve.shutdown()
@@ -114,7 +115,7 @@ def test_api_key_required(server):
 @pytest.mark.parametrize("body, status, text", [
     (b"{not json", 400, "could not parse the JSON body"),
     (json.dumps({"model": "nope", "messages": MESSAGES}).encode(), 404, "The model `nope` does not exist"),
-    (json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 10_000}).encode(), 400,
+    (json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 250}).encode(), 400,
      "maximum context length is 256 tokens"),
     (json.dumps({"model": "tiny", "messages": MESSAGES, "temperature": 9}).encode(), 400, "temperature"),
     (json.dumps({"model": "tiny", "messages": MESSAGES, "best_of": 2}).encode(), 400,
@@ -131,6 +132,77 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     error = r.json()["error"]
     assert text in error["message"] and error["type"] == "invalid_request_error"
     assert chat(client, max_tokens=3).choices[0].message.content is not None
+
+
+CHAT = {"model": "tiny", "messages": MESSAGES}
+COMPLETE = {"model": "tiny", "prompt": "Count the r"}
+
+
+@pytest.mark.parametrize("route, body, param, text", [
+    # issue 21: each of these reached vLLM and came back as a plain-text 500
+    ("chat", {**CHAT, "stop": ""}, "stop", "a stop sequence must not be empty"),
+    ("chat", {**CHAT, "stop": ["a", ""]}, "stop", "a stop sequence must not be empty"),
+    ("chat", {**CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop sequences"),
+    ("completions", {**COMPLETE, "prompt": ""}, "prompt", "a prompt must not be empty"),
+    ("completions", {**COMPLETE, "prompt": [[]]}, "prompt", "a prompt must not be empty"),
+    ("completions", {**COMPLETE, "prompt": []}, "prompt", "must hold at least one prompt"),
+    ("completions", {**COMPLETE, "prompt": [1, 1024]}, "prompt", "token id 1024 is outside the vocabulary (0 to 1023)"),
+    ("completions", {**COMPLETE, "prompt": [-1, 5]}, "prompt", "token ids are not negative"),
+    ("completions", {**COMPLETE, "prompt": [2 ** 63]}, "prompt", ""),
+    ("chat", {**CHAT, "seed": 2 ** 64}, "seed", "less than or equal to 9223372036854775807"),
+    ("chat", {**CHAT, "seed": -(2 ** 70)}, "seed", "greater than or equal to"),
+    # strict as OpenAI: no NaN, no true for a number, no "yes" for a boolean, no silently ignored field
+    ("chat", b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+     "temperature", "finite number"),
+    ("chat", {**CHAT, "max_tokens": True}, "max_tokens", "valid integer"),
+    ("chat", {**CHAT, "stream": "yes"}, "stream", "valid boolean"),
+    ("chat", {**CHAT, "top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
+    # bounded work per request (serve.max_*), before tokenizing
+    ("chat", {**CHAT, "max_tokens": 10_000}, "max_tokens", "over this server's 250 (serve.max_completion_tokens)"),
+    ("chat", {**CHAT, "n": 17}, "n", "at most 16 (serve.max_choices)"),
+    ("completions", {**COMPLETE, "prompt": ["hi"] * 9, "n": 2}, "n", "18 completions in one request"),
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": "a" * 20_001}]}, "messages",
+     "20001 characters of prompt text"),
+])
+def test_values_the_engine_cannot_take_are_refused_with_the_parameter(server, client, route, body, param, text):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{server}/{route}/completions" if route == "chat" else f"{server}/completions", content=raw,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"].split(".")[0] == param and text in error["message"], error
+    assert chat(client, max_tokens=2).choices[0].message.content is not None
+
+
+def test_a_body_over_the_cap_is_413_before_it_is_read_whole(server, client):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    started = time.monotonic()
+    r = httpx.post(f"{server}/chat/completions", headers=headers, content=b'{"model": "tiny", "x": "' + b"a" * 10_000_000 + b'"}')
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["error"]["message"]
+    assert time.monotonic() - started < 10
+    assert chat(client, max_tokens=2).choices[0].message.content is not None
+
+
+def test_a_huge_seed_samples_reproducibly_and_nothing_echoes_or_opens_what_it_should_not(server, client):
+    a, b = (chat(client, max_tokens=6, n=2, seed=2 ** 63 - 1, temperature=1.0) for _ in range(2))
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    r = httpx.post(f"{server}/chat/completions", json={**CHAT, "model": "x" * 100_000},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 404 and len(r.content) < 500 and "(100000 characters)" in r.json()["error"]["message"]
+    for path in ("/docs", "/redoc", "/openapi.json"):  # not served (the docs page loaded assets from a CDN)
+        assert httpx.get(server.removesuffix("/v1") + path).status_code == 404
+
+
+def test_responses_carry_the_fields_openai_schema_requires(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = httpx.post(f"{server}/chat/completions", headers=headers,
+                      json={**CHAT, "max_tokens": 3, "logprobs": True}).json()
+    message, logprobs = body["choices"][0]["message"], body["choices"][0]["logprobs"]
+    assert "refusal" in message and message["refusal"] is None
+    assert "refusal" in logprobs and logprobs["refusal"] is None and logprobs["content"]
+    text = httpx.post(f"{server}/completions", headers=headers, json={**COMPLETE, "max_tokens": 3, "logprobs": 0}).json()
+    steps = text["choices"][0]["logprobs"]["top_logprobs"]
+    assert steps == [{}] * len(text["choices"][0]["logprobs"]["tokens"])  # an array (of maps), never null
 
 
 def long_messages(tokenizer, i: int, tokens: int = 200) -> list[dict]:
