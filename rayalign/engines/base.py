@@ -29,6 +29,10 @@ class SamplingSpec:
     seed: int | None = None       # prompt j samples with seed + j * n (reproducible); None = engine's stream
     stop: tuple[str, ...] = ()    # stop strings (the EOS / end-of-turn token always stops)
     top_logprobs: int = 0         # also report the k most likely tokens at each step (serving)
+    presence_penalty: float = 0.0   # OpenAI's: subtracted from the logit of every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: times how often the token was generated so far
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
+    json_schema: str | None = None  # constrained decoding to JSON: a JSON schema's text, or "" for any object
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,26 @@ import threading
 from typing import AsyncIterator, Iterable
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from rayalign.config import ModelConfig
 from rayalign.data.collate import pad_pairs
 from rayalign.engines.base import Completion, Delta, ImagePrompt, SamplingSpec, prompt_tokens, sync_fingerprint
 from rayalign.models.loading import load_model, load_tokenizer
 from rayalign.models.vlm import is_vlm, load_processor
+
+
+class Penalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties, on the tokens generated so far (not the prompt's), as vLLM
+    applies them: logit - frequency x count - presence x (count > 0)."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float):
+        self.start, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.start:]
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 def unique_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -62,6 +76,8 @@ class HFEngine:
         return {k: v.to(self.device) for k, v in tensors.items()}
 
     def _sample(self, prompt, spec: SamplingSpec, index: int) -> list[list[int]]:
+        if spec.json_schema is not None:
+            raise ValueError("JSON-constrained decoding needs the vLLM engine (the HF fallback has none)")
         if spec.seed is not None:
             torch.manual_seed(spec.seed + index * spec.n)
         greedy = spec.temperature == 0
@@ -75,7 +91,9 @@ class HFEngine:
             top_p=None if greedy else spec.top_p, top_k=None, num_return_sequences=1 if greedy else spec.n,
             eos_token_id=sorted(self.eos), pad_token_id=self.tokenizer.pad_token_id,
             stop_strings=list(spec.stop) or None, tokenizer=self.tokenizer if spec.stop else None,
-            suppress_tokens=self.banned)
+            suppress_tokens=self.banned, sequence_bias={(t,): b for t, b in spec.logit_bias} or None,
+            logits_processor=LogitsProcessorList([Penalties(len(tokens), spec.presence_penalty, spec.frequency_penalty)])
+            if spec.presence_penalty or spec.frequency_penalty else None)
         samples = []
         for row in out[:, len(tokens):].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in self.eos), len(row))

@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 from typing import Any, Iterable
 
 import torch
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
+from vllm.config import StructuredOutputsConfig
 from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from rayalign.config import ModelConfig
 from rayalign.engines import vllm_errors, vllm_ext
@@ -74,6 +76,9 @@ def engine_args(model: ModelConfig, *, max_model_len: int | None, gpu_memory_uti
         gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
         logprobs_mode="raw_logprobs", disable_log_stats=True, enable_chunked_prefill=not cpu,
         distributed_executor_backend="uni",
+        # response_format JSON as compact JSON: with whitespace allowed between tokens a small model pads forever
+        # (seen: "{\r\r\r..."); the request-level flag alone did not take
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         worker_extension_cls=f"{vllm_ext.__name__}.{vllm_ext.WeightSyncExtension.__name__}")
 
 
@@ -109,10 +114,16 @@ def sampling_params(spec: SamplingSpec, index: int = 0, kind: RequestOutputKind 
     # whatever else is batched with it; prompt ``index`` gets seed + index * n so no two prompts share
     # a random stream (vLLM gives child i of an n-sample request seed + i).
     seed = None if spec.seed is None else spec.seed + index * spec.n
+    structured = None
+    if spec.json_schema is not None:
+        structured = (StructuredOutputsParams(json_object=True) if spec.json_schema == ""
+                      else StructuredOutputsParams(json=json.loads(spec.json_schema)))
     return SamplingParams(
         n=1 if spec.temperature == 0 else spec.n, temperature=spec.temperature, top_p=spec.top_p,
         max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=spec.top_logprobs,
-        output_kind=kind, logit_bias={t: -100.0 for t in banned} or None)  # raw log-probs come before the bias
+        presence_penalty=spec.presence_penalty, frequency_penalty=spec.frequency_penalty, structured_outputs=structured,
+        # raw log-probs come before the bias; the image placeholder is never sampled
+        output_kind=kind, logit_bias={**dict(spec.logit_bias), **{t: -100.0 for t in banned}} or None)
 
 
 def tokens_prompt(prompt) -> TokensPrompt:

@@ -63,7 +63,7 @@ def chat_prompt(messages: list[ChatMessage], processor, cfg: ServeConfig) -> Ima
     rendered, images = [], []
     for i, message in enumerate(messages):
         content: str | list[dict] = message.content if isinstance(message.content, str) else []
-        for j, part in enumerate([] if isinstance(message.content, str) else message.content):
+        for j, part in enumerate([] if isinstance(message.content, str) else message.content or []):
             if isinstance(part, TextPart):
                 content.append({"type": "text", "text": part.text})
             else:

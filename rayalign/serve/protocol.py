@@ -40,6 +40,9 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (as text) -> bias
 
     @field_validator("stop")
     @classmethod
@@ -71,20 +74,48 @@ class ImagePart(_Body):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
+    role: Literal["system", "user", "assistant", "developer", "tool", "function"]  # the last two: refused by name
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, content, info: ValidationInfo):
+        if content is None and info.data.get("role") != "assistant":
+            raise ValueError("only an assistant message may have null content")
+        return content
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(
-            p.text for p in self.content if isinstance(p, TextPart))
+            p.text for p in self.content or [] if isinstance(p, TextPart))
 
     def images(self) -> list[ImagePart]:
-        return [] if isinstance(self.content, str) else [p for p in self.content if isinstance(p, ImagePart)]
+        return [] if isinstance(self.content, str) else [p for p in self.content or [] if isinstance(p, ImagePart)]
+
+
+class JSONSchema(_Body):
+    name: str
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchema | None = None
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
+    # accepted so agent clients parse, refused by name when used: this server calls no tools
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -151,11 +151,18 @@ class OpenAIServer:
             {"id": self.name, "object": "model", "created": self.created, "owned_by": "rayalign",
              "max_model_len": self.engine.max_model_len}]}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request) -> dict:
+        self._auth(request)
+        self._check_model(model_id)
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "rayalign"}
+
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         self._auth(request)
         body: ChatRequest = _parse(ChatRequest, await self._body(request))
         self._check_model(body.model)
+        self._check_no_tools(body)
         self._check_size(body.n, [m.text() for m in body.messages], "messages")
         prompt = self._chat_prompt(body)
         spec = self._spec(body, len(prompt_tokens(prompt)), body.top_k())
@@ -241,6 +248,45 @@ class OpenAIServer:
                            f"{self.cfg.max_prompt_chars} (serve.max_prompt_chars)", param=param,
                            code="context_length_exceeded")
 
+    @staticmethod
+    def _check_no_tools(body: ChatRequest) -> None:
+        """Tool calling is refused by name: this server has no tool-call parser, and a model without a tool
+        template would take the tools' text for prompt."""
+        for key in ("tools", "functions"):
+            if getattr(body, key):
+                raise APIError(400, f"{key}: this server does not call tools (no tool-call parser); send the "
+                               "conversation without them", param=key, code="tools_not_supported")
+        for i, message in enumerate(body.messages):
+            if message.role in ("tool", "function") or message.tool_calls:
+                where = f"messages.{i}." + ("tool_calls" if message.tool_calls else "role")
+                raise APIError(400, f"{where}: tool messages need tool calling, which this server does not do",
+                               param=where, code="tools_not_supported")
+
+    def _structured(self, body) -> str | None:
+        """``response_format`` as the engines' ``json_schema``: None (text), "" (any JSON object) or a schema."""
+        fmt = getattr(body, "response_format", None)
+        if fmt is None or fmt.type == "text":
+            return None
+        if self.cfg.engine != "vllm":
+            raise APIError(400, f"response_format: {fmt.type} needs serve.engine vllm (the HF fallback has no "
+                           "constrained decoding)", param="response_format")
+        if fmt.type == "json_object":
+            return ""
+        if fmt.json_schema is None:
+            raise APIError(400, "response_format.json_schema: required with type json_schema",
+                           param="response_format.json_schema")
+        return json.dumps(fmt.json_schema.schema_)
+
+    def _bias(self, body) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` with its keys checked: token ids, as text, inside the vocabulary."""
+        out = []
+        for key, bias in (body.logit_bias or {}).items():
+            if not key.isdigit() or int(key) >= len(self.tokenizer):
+                raise APIError(400, f"logit_bias: '{_quoted(key)}' is not a token id of this model (0 to "
+                               f"{len(self.tokenizer) - 1})", param="logit_bias")
+            out.append((int(key), bias))
+        return tuple(out)
+
     def _known_ids(self, ids: list[int]) -> list[int]:
         vocab = len(self.tokenizer)
         if max(ids) >= vocab:
@@ -268,7 +314,9 @@ class OpenAIServer:
                            code="context_length_exceeded")
         seed = None if body.seed is None else body.seed % SEED_RANGE
         return SamplingSpec(n=body.n, temperature=body.temperature, top_p=body.top_p,
-                            max_new_tokens=limit or room, seed=seed, stop=body.stops(), top_logprobs=top_k)
+                            max_new_tokens=limit or room, seed=seed, stop=body.stops(), top_logprobs=top_k,
+                            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                            logit_bias=self._bias(body), json_schema=self._structured(body))
 
     # ---- generation -------------------------------------------------------------------------------
 

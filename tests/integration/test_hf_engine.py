@@ -56,3 +56,17 @@ def test_load_weights_and_fingerprint(engine, tiny_model_dir):
     engine.load_weights(state.items())
     assert engine.fingerprint() == pytest.approx(sync_fingerprint(unique_tensors(hf), 0), rel=1e-9)
     assert engine.fingerprint() != pytest.approx(original, rel=1e-6)
+
+
+def test_logit_bias_and_penalties_as_openai_defines_them(engine):
+    """Issue 21's standard fields on the HF engine (vLLM's: test_serve.py): a +100 bias makes a token the greedy
+    choice at every step; penalties act on generated tokens only, each log-prob stays the raw model's."""
+    prompt = engine.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    [[forced]] = engine.generate([prompt], SamplingSpec(temperature=0, max_new_tokens=4, logit_bias=((42, 100.0),)))
+    assert forced.token_ids == [42] * 4
+    # raw: the engine's own model (an earlier test loaded other weights into it) without the bias
+    assert forced.logprobs == pytest.approx(_reference_logprobs(engine.model, prompt, forced.token_ids), abs=1e-4)
+    [[plain]] = engine.generate([prompt], SamplingSpec(temperature=0, max_new_tokens=24, logit_bias=((42, 5.0),)))
+    [[fresh]] = engine.generate([prompt], SamplingSpec(temperature=0, max_new_tokens=24, logit_bias=((42, 5.0),),
+                                                      frequency_penalty=2.0, presence_penalty=2.0))
+    assert plain.token_ids.count(42) > 1 and fresh.token_ids.count(42) < plain.token_ids.count(42)

@@ -304,3 +304,32 @@ def test_serve_cli_runs_until_ctrl_c(tiny_model_dir, tmp_path):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+def test_the_standard_fields_work_and_tools_are_refused_by_name(server, client):
+    """Issue 21: what common clients and agent frameworks send."""
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    forced = chat(client, max_tokens=4, temperature=0, logit_bias={"42": 100}, logprobs=True)
+    assert [t.token for t in forced.choices[0].logprobs.content] == [forced.choices[0].logprobs.content[0].token] * 4
+    plain = chat(client, max_tokens=24, temperature=0, logit_bias={"42": 5})
+    fresh = chat(client, max_tokens=24, temperature=0, logit_bias={"42": 5}, frequency_penalty=2, presence_penalty=2)
+    assert plain.choices[0].message.content != fresh.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="logit_bias: 'x' is not a token id"):
+        chat(client, max_tokens=2, logit_bias={"x": 1})
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    structured = chat(client, max_tokens=32, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    value = json.loads(structured.choices[0].message.content)  # the (random) tiny model writes JSON of the schema
+    assert set(value) == {"ok"} and isinstance(value["ok"], bool) and structured.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, max_tokens=2, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert err.value.body["param"] == "tools" and "does not call tools" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="messages.1.role: tool messages need tool calling"):
+        client.chat.completions.create(model="tiny", max_tokens=2, messages=[
+            *MESSAGES, {"role": "tool", "tool_call_id": "1", "content": "3"}])
+    history = client.chat.completions.create(model="tiny", max_tokens=2, messages=[
+        *MESSAGES, {"role": "assistant", "content": None}, {"role": "user", "content": "again"}])
+    assert history.choices[0].message.content is not None  # an assistant turn with null content is accepted
