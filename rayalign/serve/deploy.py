@@ -9,6 +9,7 @@ forever for replicas the cluster cannot place).
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Callable
 
@@ -67,6 +68,20 @@ def deploy(model: ModelConfig, cfg: ServeConfig) -> str:
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
 
 
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*")
+
+
+def root_cause(app) -> str:
+    """Why an app failed, in one line: the last exception line of its deployments' messages (a replica's
+    constructor traceback lands there), else the app's own last line ("Failed to update the deployments")."""
+    for deployment in (app.deployments or {}).values():
+        lines = [line.strip() for line in (deployment.message or "").splitlines()]
+        raised = [line for line in lines if EXCEPTION_LINE.match(line)]
+        if raised:
+            return raised[-1]
+    return app.message.strip().splitlines()[-1] if app.message.strip() else "no message"
+
+
 def wait_running(name: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -76,7 +91,7 @@ def wait_running(name: str, timeout_s: float) -> None:
             return
         if state in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
             serve.delete(name)
-            raise DeployError(f"serve: app '{name}' failed to start: {app.message.strip().splitlines()[-1]}")
+            raise DeployError(f"serve: app '{name}' failed to start: {root_cause(app)}")
         if time.monotonic() > deadline:
             serve.delete(name)
             raise DeployError(f"serve: replicas of '{name}' not running within {timeout_s:g}s (free "
