@@ -394,7 +394,10 @@ class ServeConfig(Section):
     min_replicas: int = Field(1, ge=0, description="autoscaling floor")
     max_replicas: int = Field(1, gt=0, description="autoscaling ceiling")
     target_ongoing_requests: float = Field(8, gt=0, description="autoscaling: requests per replica to aim at")
-    max_ongoing_requests: int = Field(64, gt=0, description="requests a replica takes at once (vLLM batches them)")
+    max_ongoing_requests: int = Field(64, gt=0, description="requests a replica generates for at once (vLLM batches "
+                                      "them)")
+    max_queued_requests: int = Field(64, ge=0, description="requests a replica holds waiting beyond "
+                                     "max_ongoing_requests; more: 429 with Retry-After (a bounded queue)")
     num_cpus: float = Field(1.0, gt=0, description="Ray CPUs per replica")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 for CUDA vLLM)")
     torch_threads: int = Field(2, gt=0, description="torch threads per replica (CPU engines)")

@@ -33,8 +33,12 @@ def api_key(cfg: ServeConfig) -> str | None:
 
 
 def application(model: ModelConfig, cfg: ServeConfig) -> serve.Application:
+    # the replica runs its own bounded queue (429 past it, server.py); Serve hands it up to twice that, so the
+    # excess gets the replica's quick 429 rather than waiting in Serve's router, whose own queue is the backstop
+    # (past it Serve answers 503 itself)
+    held = cfg.max_ongoing_requests + cfg.max_queued_requests
     options: dict = {"ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                     "max_ongoing_requests": cfg.max_ongoing_requests,
+                     "max_ongoing_requests": 2 * held, "max_queued_requests": held,
                      "health_check_period_s": cfg.health_check_period_s}
     if cfg.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,

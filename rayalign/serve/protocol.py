@@ -171,9 +171,10 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 class APIError(Exception):
     """A request the server refuses: answered with ``status`` and the OpenAI error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.body = status, error_body(message, param=param, code=code)
+        self.status, self.body, self.headers = status, error_body(message, param=param, code=code), headers
 
 
 def response_id(prefix: str) -> str:

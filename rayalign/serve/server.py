@@ -16,6 +16,7 @@ failure: never a plain-text 500) and fails Serve's health check (``check_health`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -41,6 +42,7 @@ from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, e
 from rayalign.workers.group import quiet_actor
 
 app = FastAPI(title="rayalign OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)  # not open
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 ECHO_CHARS = 64  # of a client's value quoted back in an error (a 1 MB model name is not sent back)
 SEED_RANGE = 2 ** 62  # the engines' seeds: a request's seed modulo this, leaving room for per-prompt offsets
 
@@ -58,7 +60,7 @@ def _quoted(value: str) -> str:
 
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body, status_code=exc.status)
+    return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
 
 @app.exception_handler(EngineDied)
@@ -133,6 +135,8 @@ class OpenAIServer:
         self.name = cfg.served_model_name or served_name(model)
         self.api_key = api_key
         self.created = int(time.time())
+        self._active = 0  # requests admitted and not finished (a stream: until its last chunk)
+        self._slots = asyncio.Semaphore(cfg.max_ongoing_requests)  # of them, those generating
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose engine died is replaced."""
@@ -160,6 +164,17 @@ class OpenAIServer:
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         self._auth(request)
+        self._admit()
+        try:
+            response = await self._chat(request)
+        except BaseException:
+            self._active -= 1
+            raise
+        if not isinstance(response, StreamingResponse):
+            self._active -= 1
+        return response
+
+    async def _chat(self, request: Request) -> Any:
         body: ChatRequest = _parse(ChatRequest, await self._body(request))
         self._check_model(body.model)
         self._check_no_tools(body)
@@ -168,7 +183,7 @@ class OpenAIServer:
         spec = self._spec(body, len(prompt_tokens(prompt)), body.top_k())
         rid = response_id("chatcmpl")
         if body.stream:
-            return self._stream(self._chat_chunks(rid, prompt, spec, body))
+            return self._stream(self._released(self._chat_chunks(rid, prompt, spec, body)))
         choices = await self._collect(prompt, spec)
         out = [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
                 "logprobs": self._chat_logprobs(c.tokens, c.logprobs, c.top) if body.logprobs else None,
@@ -179,6 +194,17 @@ class OpenAIServer:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
         self._auth(request)
+        self._admit()
+        try:
+            response = await self._completions(request)
+        except BaseException:
+            self._active -= 1
+            raise
+        if not isinstance(response, StreamingResponse):
+            self._active -= 1
+        return response
+
+    async def _completions(self, request: Request) -> Any:
         body: CompletionRequest = _parse(CompletionRequest, await self._body(request))
         self._check_model(body.model)
         self._check_size(body.n * len(body.prompts()), [p for p in body.prompts() if isinstance(p, str)], "prompt")
@@ -187,7 +213,7 @@ class OpenAIServer:
         specs = [self._spec(body, len(p), body.logprobs or 0) for p in prompts]
         rid = response_id("cmpl")
         if body.stream:
-            return self._stream(self._completion_chunks(rid, prompts, specs, body))
+            return self._stream(self._released(self._completion_chunks(rid, prompts, specs, body)))
         out, completion_tokens = [], 0
         for p, (prompt, spec) in enumerate(zip(prompts, specs)):
             for i, c in enumerate(await self._collect(prompt, spec)):
@@ -219,6 +245,25 @@ class OpenAIServer:
                                "parts need a vision-language model", param=f"messages.{i}.content",
                                code="images_not_supported")
         return tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages], None)
+
+    def _admit(self) -> None:
+        """The bounded queue: past ``max_ongoing_requests`` generating and ``max_queued_requests`` waiting, a 429
+        with ``Retry-After`` (the client backs off) instead of an ever longer wait for everyone."""
+        held = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
+        if self._active >= held:
+            raise APIError(429, f"this replica holds {held} requests (serve.max_ongoing_requests "
+                           f"{self.cfg.max_ongoing_requests} + serve.max_queued_requests "
+                           f"{self.cfg.max_queued_requests}); retry after {RETRY_AFTER_S} s",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_S)})
+        self._active += 1
+
+    async def _released(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """A stream's chunks; its request leaves the queue with the last one (or when the client goes)."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self._active -= 1
 
     async def _body(self, request: Request) -> bytes:
         """The body, read no further than ``serve.max_body_bytes`` (413 past it, before any parsing)."""
@@ -322,8 +367,9 @@ class OpenAIServer:
 
     async def _collect(self, prompt: list[int] | ImagePrompt, spec: SamplingSpec) -> list[Choice]:
         choices = [Choice() for _ in range(spec.n)]
-        async for d in self.engine.stream(prompt, spec):
-            choices[d.index].add(d)
+        async with self._slots:
+            async for d in self.engine.stream(prompt, spec):
+                choices[d.index].add(d)
         return choices
 
     @staticmethod
@@ -373,8 +419,9 @@ class OpenAIServer:
         """The engine's pieces; an engine failure mid-stream (headers already sent) becomes an error
         event, the way OpenAI reports one, instead of a cut connection."""
         try:
-            async for d in self.engine.stream(prompt, spec):
-                yield d
+            async with self._slots:
+                async for d in self.engine.stream(prompt, spec):
+                    yield d
         except EngineDied as exc:
             yield sse(error_body(f"serve replica: {exc}", kind="server_error", code="engine_dead"))
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged by Serve
