@@ -95,15 +95,50 @@ def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: A
             "truncated": _longer([pair], max_length)}
 
 
+def forged_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Character spans, in ``text`` (the rendered conversation), of the message contents that spell one of the
+    tokenizer's control tokens (``<|im_end|>``, ...): left to the tokenizer, a user could close their own turn
+    and open a forged system turn. Empty for ordinary text (then nothing changes)."""
+    controls = list(tokenizer.get_added_vocab())
+    spans, at = [], 0
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, str) or not content:
+            continue
+        start = text.find(content, at)
+        if start < 0:
+            continue
+        at = start + len(content)
+        if any(control in content for control in controls):
+            spans.append((start, at))
+    return spans
+
+
+def guarded_ids(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """``text``'s ids with the characters in ``spans`` encoded as text: a control token's string there becomes
+    its characters' tokens, never the control token (the template's own stay real)."""
+    ids, at = [], 0
+    for start, end in spans:
+        ids += _ids(tokenizer, text[at:start])
+        ids += tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        at = end
+    return ids + _ids(tokenizer, text[at:])
+
+
 def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any,
                max_length: int | None) -> tuple[list[int], bool]:
     """A prompt's ids (RL, serving, evaluation): a message list through the chat template with the
     generation prompt, a plain string as it is (as TRL's GRPO does); only the last ``max_length`` kept
-    (None: all of it). The flag says whether there were more."""
+    (None: all of it). The flag says whether there were more. In a message list, content that spells a
+    control token is encoded as text (``forged_spans``); a plain string is the caller's whole input, as is."""
     budget = None if max_length is None else char_budget(tokenizer, max_length)
     prompt = _clip(prompt, budget, "tail")
     text = prompt if isinstance(prompt, str) else _render(tokenizer, prompt, True)
-    ids = _ids(tokenizer, _clip(text, budget, "tail"))
+    clipped = _clip(text, budget, "tail")
+    cut = len(text) - len(clipped)
+    spans = [] if isinstance(prompt, str) else [(max(s - cut, 0), e - cut) for s, e in
+                                                forged_spans(tokenizer, prompt, text) if e > cut]
+    ids = guarded_ids(tokenizer, clipped, spans)
     if max_length is None or len(ids) <= max_length:
         return ids, False
     return ids[-max_length:], True
