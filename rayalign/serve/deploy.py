@@ -33,12 +33,12 @@ def api_key(cfg: ServeConfig) -> str | None:
 
 
 def application(model: ModelConfig, cfg: ServeConfig) -> serve.Application:
-    # the replica runs its own bounded queue (429 past it, server.py); Serve hands it up to twice that, so the
-    # excess gets the replica's quick 429 rather than waiting in Serve's router, whose own queue is the backstop
-    # (past it Serve answers 503 itself)
+    # the replica runs its own bounded queue (429 past it, server.py); Serve hands it four times that (at least
+    # 64), so the excess reaches the replica and gets its quick 429 (JSON, Retry-After) rather than waiting in
+    # Serve's router or meeting Serve's own plain 503 (its max_queued_requests, seen in a burst of 8 at 2 held)
     held = cfg.max_ongoing_requests + cfg.max_queued_requests
     options: dict = {"ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                     "max_ongoing_requests": 2 * held, "max_queued_requests": held,
+                     "max_ongoing_requests": max(4 * held, 64),
                      "health_check_period_s": cfg.health_check_period_s}
     if cfg.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
