@@ -163,10 +163,15 @@ class OpenAIServer:
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
+        return await self._queued(request, self._chat)
+
+    async def _queued(self, request: Request, answer) -> Any:
+        """``answer(request)`` as one request of the replica's bounded queue (``_admit``); a stream leaves the
+        queue with its last chunk (``_released``)."""
         self._auth(request)
         self._admit()
         try:
-            response = await self._chat(request)
+            response = await answer(request)
         except BaseException:
             self._active -= 1
             raise
@@ -193,16 +198,7 @@ class OpenAIServer:
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
-        self._auth(request)
-        self._admit()
-        try:
-            response = await self._completions(request)
-        except BaseException:
-            self._active -= 1
-            raise
-        if not isinstance(response, StreamingResponse):
-            self._active -= 1
-        return response
+        return await self._queued(request, self._completions)
 
     async def _completions(self, request: Request) -> Any:
         body: CompletionRequest = _parse(CompletionRequest, await self._body(request))
