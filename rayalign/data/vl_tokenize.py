@@ -22,7 +22,9 @@ from rayalign.data.formats import image_parts
 from rayalign.data.tokenize import IGNORE, assistant_spans
 
 
-_EXPANSIONS: dict[tuple[int, int, int], list[int]] = {}  # (id(processor), width, height) -> ids
+# (id(processor), width, height) -> (the processor, its ids): the processor is kept so its id is never reused by
+# another one (a freed processor's address can be given to the next; its expansions would then be read as theirs)
+_EXPANSIONS: dict[tuple[int, int, int], tuple[Any, list[int]]] = {}
 
 
 def image_tokens(processor, image: str | Image.Image, max_side: int | None = None) -> list[int]:
@@ -37,9 +39,9 @@ def image_tokens(processor, image: str | Image.Image, max_side: int | None = Non
     key = (id(processor), width, height)
     if key not in _EXPANSIONS:
         token = processor.tokenizer.convert_ids_to_tokens(processor.image_token_id)
-        _EXPANSIONS[key] = processor(text=[token], images=[Image.new("RGB", (width, height))],
-                                     add_special_tokens=False)["input_ids"][0]
-    return list(_EXPANSIONS[key])
+        _EXPANSIONS[key] = (processor, processor(text=[token], images=[Image.new("RGB", (width, height))],
+                                                 add_special_tokens=False)["input_ids"][0])
+    return list(_EXPANSIONS[key][1])
 
 
 def prompt_ids(processor, messages: list[dict], images: list[Image.Image]) -> tuple[list[int], list[int]]:
