@@ -407,6 +407,9 @@ class ServeConfig(Section):
     app_name: str = Field("rayalign", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/", description="URL path of the app (the API is at PREFIX/v1)")
     max_body_bytes: int = Field(8_000_000, gt=0, description="request body size; larger: 413 before parsing")
+    max_header_bytes: int = Field(32_768, gt=0, description="request header bytes; more: 431 before the key is "
+                                  "checked (Serve's proxy reads them first: put a reverse proxy in front when exposed)")
+    body_timeout_s: float = Field(30, gt=0, description="a client that sends no body bytes for this long gets 408")
     max_prompt_chars: int = Field(200_000, gt=0, description="characters of prompt text a request may send (all "
                                   "messages or prompts); more: 400 before tokenizing")
     max_choices: int = Field(64, gt=0, description="prompts x n per request; more: 400")

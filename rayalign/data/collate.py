@@ -98,20 +98,29 @@ def tokenize_kto(tokenizer: PreTrainedTokenizerBase, row: dict, kl_completion: A
 def forged_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict], text: str) -> list[tuple[int, int]]:
     """Character spans, in ``text`` (the rendered conversation), of the message contents that spell one of the
     tokenizer's control tokens (``<|im_end|>``, ...): left to the tokenizer, a user could close their own turn
-    and open a forged system turn. Empty for ordinary text (then nothing changes)."""
+    and open a forged system turn (or, in a vision-language prompt, forge an image token). Text parts of
+    multimodal contents count. Empty for ordinary text (then nothing changes)."""
     controls = list(tokenizer.get_added_vocab())
     spans, at = [], 0
-    for message in messages:
-        content = message.get("content")
-        if not isinstance(content, str) or not content:
-            continue
-        start = text.find(content, at)
+    for piece in _texts(messages):
+        start = text.find(piece, at)
         if start < 0:
             continue
-        at = start + len(content)
-        if any(control in content for control in controls):
+        at = start + len(piece)
+        if any(control in piece for control in controls):
             spans.append((start, at))
     return spans
+
+
+def _texts(messages: list[dict]) -> list[str]:
+    """The text a user wrote, in order: string contents and the text parts of multimodal ones."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [
+            p.get("text") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+        out += [p for p in parts if isinstance(p, str) and p]
+    return out
 
 
 def guarded_ids(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[tuple[int, int]]) -> list[int]:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from rayalign.batch import VLSFTBatch
 from rayalign.data import images as image_refs
+from rayalign.data.collate import forged_spans, guarded_ids
 from rayalign.data.formats import image_parts
 from rayalign.data.tokenize import IGNORE, assistant_spans
 
@@ -51,7 +52,7 @@ def prompt_ids(processor, messages: list[dict], images: list[Image.Image]) -> tu
     tokenizer, image_id = processor.tokenizer, processor.image_token_id
     render = processor if getattr(processor, "chat_template", None) else tokenizer
     text = render.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    rendered = tokenizer(text, add_special_tokens=False)["input_ids"]
+    rendered = guarded_ids(tokenizer, text, forged_spans(tokenizer, messages, text))  # text parts stay text
     ids: list[int] = []
     pictures = iter(images)
     for tok in rendered:

@@ -20,6 +20,9 @@ from typing import AsyncIterator, Iterable, Protocol
 import torch
 
 
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     n: int = 1                    # completions per prompt
@@ -33,6 +36,12 @@ class SamplingSpec:
     frequency_penalty: float = 0.0  # OpenAI's: times how often the token was generated so far
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
     json_schema: str | None = None  # constrained decoding to JSON: a JSON schema's text, or "" for any object
+
+    @property
+    def greedy(self) -> bool:
+        """Temperatures below 1e-5 sample greedily, as vLLM treats them: dividing the logits by a denormal
+        (5e-324, seen in fuzzing) gives inf, and sampling from that fails."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

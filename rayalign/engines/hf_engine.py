@@ -80,7 +80,7 @@ class HFEngine:
             raise ValueError("JSON-constrained decoding needs the vLLM engine (the HF fallback has none)")
         if spec.seed is not None:
             torch.manual_seed(spec.seed + index * spec.n)
-        greedy = spec.temperature == 0
+        greedy = spec.greedy
         tokens = prompt_tokens(prompt)
         copies = spec.n if greedy else 1  # greedy: n copies
         ids = torch.tensor([tokens] * copies, device=self.device)

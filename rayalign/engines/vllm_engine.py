@@ -110,7 +110,7 @@ def image_token_ids(hf_config) -> tuple[int, ...]:
 
 def sampling_params(spec: SamplingSpec, index: int = 0, kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
                     banned: tuple[int, ...] = ()) -> SamplingParams:
-    # temperature 0 is greedy in vLLM too (it then ignores top_p). A seed makes a request reproducible
+    # temperature 0 (below 1e-5) is greedy in vLLM too (it then ignores top_p). A seed makes a request reproducible
     # whatever else is batched with it; prompt ``index`` gets seed + index * n so no two prompts share
     # a random stream (vLLM gives child i of an n-sample request seed + i).
     seed = None if spec.seed is None else spec.seed + index * spec.n
@@ -119,7 +119,7 @@ def sampling_params(spec: SamplingSpec, index: int = 0, kind: RequestOutputKind 
         structured = (StructuredOutputsParams(json_object=True) if spec.json_schema == ""
                       else StructuredOutputsParams(json=json.loads(spec.json_schema)))
     return SamplingParams(
-        n=1 if spec.temperature == 0 else spec.n, temperature=spec.temperature, top_p=spec.top_p,
+        n=1 if spec.greedy else spec.n, temperature=0.0 if spec.greedy else spec.temperature, top_p=spec.top_p,
         max_tokens=spec.max_new_tokens, seed=seed, stop=list(spec.stop), logprobs=spec.top_logprobs,
         presence_penalty=spec.presence_penalty, frequency_penalty=spec.frequency_penalty, structured_outputs=structured,
         # raw log-probs come before the bias; the image placeholder is never sampled
@@ -136,7 +136,7 @@ def tokens_prompt(prompt) -> TokensPrompt:
 
 def copies_per_prompt(spec: SamplingSpec) -> int:
     """vLLM refuses n > 1 with greedy sampling, so greedy sends the prompt n times instead."""
-    return spec.n if spec.temperature == 0 else 1
+    return spec.n if spec.greedy else 1
 
 
 def _logprobs(out: CompletionOutput, k: int) -> tuple[list[float], list[dict[int, float]]]:

@@ -75,7 +75,8 @@ class ImagePart(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool", "function"]  # the last two: refused by name
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = Field(
+        None, validate_default=True)  # checked when left out, too
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None

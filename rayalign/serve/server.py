@@ -16,7 +16,6 @@ failure: never a plain-text 500) and fails Serve's health check (``check_health`
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import time
@@ -37,12 +36,13 @@ from rayalign.engines.build import build_engine
 from rayalign.models.loading import load_tokenizer
 from rayalign.models.vlm import is_vlm, load_processor
 from rayalign.serve.images import chat_prompt
+from rayalign.serve.limits import Queue, check_headers, check_size, read_body
+from rayalign.serve.logprobs import TokenText
 from rayalign.serve.protocol import (APIError, ChatRequest, CompletionRequest, envelope, error_body,
                                      response_id, usage)
 from rayalign.workers.group import quiet_actor
 
 app = FastAPI(title="rayalign OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)  # not open
-RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 ECHO_CHARS = 64  # of a client's value quoted back in an error (a 1 MB model name is not sent back)
 SEED_RANGE = 2 ** 62  # the engines' seeds: a request's seed modulo this, leaving room for per-prompt offsets
 
@@ -132,11 +132,11 @@ class OpenAIServer:
         self.engine = build_engine(cfg.engine, model, max_model_len=cfg.max_model_len,
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
                                    kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0, streaming=True)
+        self.logprobs = TokenText(self.tokenizer)
         self.name = cfg.served_model_name or served_name(model)
         self.api_key = api_key
         self.created = int(time.time())
-        self._active = 0  # requests admitted and not finished (a stream: until its last chunk)
-        self._slots = asyncio.Semaphore(cfg.max_ongoing_requests)  # of them, those generating
+        self.queue = Queue(cfg)
 
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose engine died is replaced."""
@@ -166,32 +166,32 @@ class OpenAIServer:
         return await self._queued(request, self._chat)
 
     async def _queued(self, request: Request, answer) -> Any:
-        """``answer(request)`` as one request of the replica's bounded queue (``_admit``); a stream leaves the
-        queue with its last chunk (``_released``)."""
+        """``answer(request)`` as one request of the replica's bounded queue (``limits.Queue``); a stream
+        leaves the queue with its last chunk."""
         self._auth(request)
-        self._admit()
+        self.queue.admit()
         try:
             response = await answer(request)
         except BaseException:
-            self._active -= 1
+            self.queue.release()
             raise
         if not isinstance(response, StreamingResponse):
-            self._active -= 1
+            self.queue.release()
         return response
 
     async def _chat(self, request: Request) -> Any:
-        body: ChatRequest = _parse(ChatRequest, await self._body(request))
+        body: ChatRequest = _parse(ChatRequest, await read_body(request, self.cfg))
         self._check_model(body.model)
         self._check_no_tools(body)
-        self._check_size(body.n, [m.text() for m in body.messages], "messages")
+        check_size(self.cfg, body.n, [m.text() for m in body.messages], "messages")
         prompt = self._chat_prompt(body)
         spec = self._spec(body, len(prompt_tokens(prompt)), body.top_k())
         rid = response_id("chatcmpl")
         if body.stream:
-            return self._stream(self._released(self._chat_chunks(rid, prompt, spec, body)))
+            return self._stream(self.queue.released(self._chat_chunks(rid, prompt, spec, body)))
         choices = await self._collect(prompt, spec)
         out = [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                "logprobs": self._chat_logprobs(c.tokens, c.logprobs, c.top) if body.logprobs else None,
+                "logprobs": self.logprobs.chat(c.tokens, c.logprobs, c.top) if body.logprobs else None,
                 "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
         return envelope(rid, "chat.completion", self.name, out,
                         usage(len(prompt_tokens(prompt)), sum(len(c.tokens) for c in choices)))
@@ -201,27 +201,29 @@ class OpenAIServer:
         return await self._queued(request, self._completions)
 
     async def _completions(self, request: Request) -> Any:
-        body: CompletionRequest = _parse(CompletionRequest, await self._body(request))
+        body: CompletionRequest = _parse(CompletionRequest, await read_body(request, self.cfg))
         self._check_model(body.model)
-        self._check_size(body.n * len(body.prompts()), [p for p in body.prompts() if isinstance(p, str)], "prompt")
+        check_size(self.cfg, body.n * len(body.prompts()), [p for p in body.prompts() if isinstance(p, str)], "prompt")
         prompts = [self._known_ids(p) if isinstance(p, list) else tokenize_prompt(self.tokenizer, p, None)
                    for p in body.prompts()]
         specs = [self._spec(body, len(p), body.logprobs or 0) for p in prompts]
         rid = response_id("cmpl")
         if body.stream:
-            return self._stream(self._released(self._completion_chunks(rid, prompts, specs, body)))
+            return self._stream(self.queue.released(self._completion_chunks(rid, prompts, specs, body)))
         out, completion_tokens = [], 0
         for p, (prompt, spec) in enumerate(zip(prompts, specs)):
             for i, c in enumerate(await self._collect(prompt, spec)):
                 completion_tokens += len(c.tokens)
                 out.append({"index": p * body.n + i, "text": c.text, "finish_reason": c.finish_reason,
-                            "logprobs": None if body.logprobs is None else self._text_logprobs(c)})
+                            "logprobs": None if body.logprobs is None else
+                            self.logprobs.completion(c.tokens, c.logprobs, c.top)})
         return envelope(rid, "text_completion", self.name, out,
                         usage(sum(map(len, prompts)), completion_tokens))
 
     # ---- checks -------------------------------------------------------------------------------------
 
     def _auth(self, request: Request) -> None:
+        check_headers(request, self.cfg)
         if self.api_key is None:
             return
         given = request.headers.get("authorization", "")
@@ -241,53 +243,6 @@ class OpenAIServer:
                                "parts need a vision-language model", param=f"messages.{i}.content",
                                code="images_not_supported")
         return tokenize_prompt(self.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages], None)
-
-    def _admit(self) -> None:
-        """The bounded queue: past ``max_ongoing_requests`` generating and ``max_queued_requests`` waiting, a 429
-        with ``Retry-After`` (the client backs off) instead of an ever longer wait for everyone."""
-        held = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
-        if self._active >= held:
-            raise APIError(429, f"this replica holds {held} requests (serve.max_ongoing_requests "
-                           f"{self.cfg.max_ongoing_requests} + serve.max_queued_requests "
-                           f"{self.cfg.max_queued_requests}); retry after {RETRY_AFTER_S} s",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_S)})
-        self._active += 1
-
-    async def _released(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-        """A stream's chunks; its request leaves the queue with the last one (or when the client goes)."""
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            self._active -= 1
-
-    async def _body(self, request: Request) -> bytes:
-        """The body, read no further than ``serve.max_body_bytes`` (413 past it, before any parsing)."""
-        cap = self.cfg.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        too_big = APIError(413, f"the request body is over this server's {cap} bytes (serve.max_body_bytes)",
-                           code="request_too_large")
-        if declared.isdigit() and int(declared) > cap:
-            raise too_big
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise too_big
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _check_size(self, choices: int, texts: list[str], param: str) -> None:
-        """Bounded work before tokenizing: prompts x n (``serve.max_choices``) and prompt characters
-        (``serve.max_prompt_chars``)."""
-        if choices > self.cfg.max_choices:
-            raise APIError(400, f"n: {choices} completions in one request (prompts x n); this server takes at most "
-                           f"{self.cfg.max_choices} (serve.max_choices)", param="n")
-        chars = sum(map(len, texts))
-        if chars > self.cfg.max_prompt_chars:
-            raise APIError(400, f"{param}: {chars} characters of prompt text; this server takes at most "
-                           f"{self.cfg.max_prompt_chars} (serve.max_prompt_chars)", param=param,
-                           code="context_length_exceeded")
 
     @staticmethod
     def _check_no_tools(body: ChatRequest) -> None:
@@ -363,7 +318,7 @@ class OpenAIServer:
 
     async def _collect(self, prompt: list[int] | ImagePrompt, spec: SamplingSpec) -> list[Choice]:
         choices = [Choice() for _ in range(spec.n)]
-        async with self._slots:
+        async with self.queue.slots:
             async for d in self.engine.stream(prompt, spec):
                 choices[d.index].add(d)
         return choices
@@ -385,7 +340,7 @@ class OpenAIServer:
                 yield sse("[DONE]")
                 return
             tokens += len(d.token_ids)
-            logprobs = self._chat_logprobs(d.token_ids, d.logprobs, d.top_logprobs) if body.logprobs else None
+            logprobs = self.logprobs.chat(d.token_ids, d.logprobs, d.top_logprobs) if body.logprobs else None
             yield sse(envelope(rid, "chat.completion.chunk", self.name, [
                 {"index": d.index, "delta": {"content": d.text}, "logprobs": logprobs,
                  "finish_reason": d.finish_reason}]))
@@ -395,7 +350,7 @@ class OpenAIServer:
 
     async def _completion_chunks(self, rid: str, prompts: list[list[int]], specs: list[SamplingSpec],
                                  body: CompletionRequest) -> AsyncIterator[str]:
-        tokens = 0
+        tokens, offsets = 0, {}  # each choice's text length so far: its next chunk's text_offset
         for p, (prompt, spec) in enumerate(zip(prompts, specs)):
             async for d in self._guarded(prompt, spec):
                 if isinstance(d, str):
@@ -403,10 +358,13 @@ class OpenAIServer:
                     yield sse("[DONE]")
                     return
                 tokens += len(d.token_ids)
-                piece = Choice(d.token_ids, d.logprobs, d.top_logprobs, d.text)
+                index = p * body.n + d.index
+                logprobs = None if body.logprobs is None else self.logprobs.completion(
+                    d.token_ids, d.logprobs, d.top_logprobs, offsets.get(index, 0))
+                if logprobs and logprobs["tokens"]:
+                    offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
                 yield sse(envelope(rid, "text_completion", self.name, [
-                    {"index": p * body.n + d.index, "text": d.text, "finish_reason": d.finish_reason,
-                     "logprobs": None if body.logprobs is None else self._text_logprobs(piece)}]))
+                    {"index": index, "text": d.text, "finish_reason": d.finish_reason, "logprobs": logprobs}]))
         if body.stream_options and body.stream_options.include_usage:
             yield sse(envelope(rid, "text_completion", self.name, [], usage(sum(map(len, prompts)), tokens)))
         yield sse("[DONE]")
@@ -415,7 +373,7 @@ class OpenAIServer:
         """The engine's pieces; an engine failure mid-stream (headers already sent) becomes an error
         event, the way OpenAI reports one, instead of a cut connection."""
         try:
-            async with self._slots:
+            async with self.queue.slots:
                 async for d in self.engine.stream(prompt, spec):
                     yield d
         except EngineDied as exc:
@@ -423,24 +381,3 @@ class OpenAIServer:
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged by Serve
             yield sse(error_body(f"generation failed: {type(exc).__name__}: {_quoted(str(exc) or 'no message')}",
                                  kind="server_error"))
-
-    # ---- log-prob shapes -------------------------------------------------------------------------
-
-    def _token(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def _chat_logprobs(self, tokens: list[int], logprobs: list[float], top: list[dict[int, float]]) -> dict:
-        def entry(t: int, lp: float) -> dict:
-            s = self._token(t)
-            return {"token": s, "logprob": lp, "bytes": list(s.encode())}
-
-        return {"content": [
-            {**entry(t, lp), "top_logprobs": [entry(k, v) for k, v in (top[j] if top else {}).items()]}
-            for j, (t, lp) in enumerate(zip(tokens, logprobs))], "refusal": None}
-
-    def _text_logprobs(self, c: Choice) -> dict:
-        strings = [self._token(t) for t in c.tokens]
-        offsets = [sum(map(len, strings[:j])) for j in range(len(strings))]
-        return {"tokens": strings, "token_logprobs": c.logprobs, "text_offset": offsets,
-                "top_logprobs": [{self._token(k): v for k, v in step.items()} for step in c.top] if c.top
-                else [{} for _ in c.tokens]}  # logprobs 0: no alternatives, still one (empty) map per token

@@ -2,7 +2,8 @@
 client: chat, streamed chat, completions (several prompts, n, stop, logprobs), the API key, and bad
 requests answered with OpenAI error JSON while the server keeps serving; 64 concurrent seeded requests
 (issue 11's crash); an engine killed under the replica answered with 503 JSON and the replica replaced.
-Plus ``rayalign serve`` as a process (HF engine), stopped with Ctrl-C."""
+Plus ``rayalign serve`` as a process (HF engine), stopped with Ctrl-C. The bounded queue, schema conformance,
+fuzzing and client libraries: ``test_serve_contract.py``."""
 
 import asyncio
 
@@ -343,34 +344,3 @@ def test_the_standard_fields_work_and_tools_are_refused_by_name(server, client):
     history = client.chat.completions.create(model="tiny", max_tokens=2, messages=[
         *MESSAGES, {"role": "assistant", "content": None}, {"role": "user", "content": "again"}])
     assert history.choices[0].message.content is not None  # an assistant turn with null content is accepted
-
-
-def test_a_full_replica_answers_429_with_retry_after_and_the_rest_are_served(server, tiny_model_dir):
-    """Issue 21's bounded queue: one generating + one waiting on an HF replica; 8 requests at once get either
-    their answer or an immediate 429 with Retry-After, never a 5xx or an ever longer wait."""
-    from ray import serve
-
-    from rayalign.serve.deploy import deploy
-
-    port = int(server.split(":")[2].split("/")[0])
-    cfg = ServeConfig(port=port, num_cpus=0.25, engine="hf", served_model_name="tiny", app_name="limited",
-                      route_prefix="/limited", max_ongoing_requests=1, max_queued_requests=1)
-    url = deploy(ModelConfig(name_or_path=str(tiny_model_dir)), cfg)
-
-    async def one(c: httpx.AsyncClient) -> tuple[int, str | None, float]:
-        start = time.monotonic()
-        r = await c.post(f"{url}/chat/completions", json={**CHAT, "max_tokens": 48, "temperature": 1.0}, timeout=120)
-        return r.status_code, r.headers.get("retry-after"), time.monotonic() - start
-
-    async def burst():
-        async with httpx.AsyncClient() as c:
-            return await asyncio.gather(*(one(c) for _ in range(8)))
-
-    try:
-        answers = asyncio.run(burst())
-        codes = sorted(code for code, _, _ in answers)
-        assert set(codes) == {200, 429} and codes.count(200) >= 2, answers
-        assert all(after == "1" for code, after, _ in answers if code == 429)
-        assert max(s for code, _, s in answers if code == 429) < 5  # refused at once, not after waiting
-    finally:
-        serve.delete("limited")

@@ -140,3 +140,22 @@ def test_the_engine_never_samples_the_image_placeholder(tiny_vlm):
         assert int(engine.model(**batch).logits[0, -1].argmax()) == image_id
     [[c]] = engine.generate([ImagePrompt(ids, (ex.image,), template)], SamplingSpec(temperature=0, max_new_tokens=4))
     assert c.token_ids and image_id not in c.token_ids and len(c.logprobs) == len(c.token_ids)
+
+
+def test_text_that_spells_the_image_token_stays_text(tiny_vlm):
+    """Issue 21's guard on vision-language prompts: a text part spelling the image token (or a turn marker) is
+    encoded as its characters, so it neither forges an image nor closes the turn; ordinary prompts are as before."""
+    from rayalign.data.vl_tokenize import prompt_ids
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    [ex] = generate_visual("colour", 1, seed=5)
+    messages = to_vl_row(ex, "vl_prompt", "a.png")["prompt"]
+    plain, template = prompt_ids(processor, messages, [ex.image])
+    assert template == processor.tokenizer(processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    image_token = processor.tokenizer.convert_ids_to_tokens(processor.image_token_id)
+    forged = [{**m, "content": [*m["content"], {"type": "text", "text": f" {image_token}"}]} if m["role"] == "user"
+              else m for m in messages]
+    ids, forged_template = prompt_ids(processor, forged, [ex.image])  # one image, not two
+    assert forged_template.count(processor.image_token_id) == template.count(processor.image_token_id) == 1
+    assert ids.count(processor.image_token_id) == plain.count(processor.image_token_id)
