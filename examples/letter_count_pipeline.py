@@ -66,7 +66,7 @@ def train(recipe: str, overrides: list[str]) -> Path:
 
 def on_policy_pairs(sft: Path, prompts: Path, out: Path) -> tuple[Path, dict]:
     """The SFT model's own answers (4 per prompt, temperature 1, vLLM workers), best vs. worst by reward."""
-    from rayalign.infer import batch
+    from rayalign.inference import batch
 
     samples = out / "data" / "letter_count_sft_samples.jsonl"
     batch(ModelConfig(name_or_path=str(sft)), InferConfig(n=4, temperature=1.0, max_new_tokens=64, max_model_len=256,

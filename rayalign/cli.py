@@ -7,9 +7,9 @@ after their options: ``rayalign train -c cfg.yaml --training.learning_rate 1e-4`
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -49,20 +49,10 @@ def train(ctx: typer.Context, config: Path = ConfigOpt,
           resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in output_dir"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier run in output_dir")) -> None:
     """Train with the recipe's trainer (sft | pretrain | dpo | kto | reward_model | grpo | verl_grpo)."""
-    from rayalign.config_io import load_config
+    from rayalign import api
 
-    flags = (["--training.resume", "auto"] if resume else []) + (["--training.overwrite", "true"] if overwrite else [])
-    cfg = load_config(config, ctx.args + flags)
-    if cfg.data is None:
-        raise UserError(f"{config}: data: required key is missing (train needs data.train)")
-    if cfg.trainer == "grpo":
-        from rayalign.recipes.grpo import run
-    elif cfg.trainer == "verl_grpo":
-        from rayalign.backends.verl import run
-    else:
-        from rayalign.recipes.ray_train import run
     try:
-        run(cfg, echo=typer.echo)
+        api.train(config, ctx.args, resume=resume, overwrite=overwrite, echo=typer.echo)
     except Interrupted as exc:
         if exc.resumable:
             again = " ".join(["rayalign train -c", str(config), *ctx.args, "--resume"])
@@ -79,7 +69,7 @@ def serve(ctx: typer.Context,
           stop: bool = typer.Option(False, "--stop", help="delete a detached app (serve.app_name) and exit")) -> None:
     """OpenAI-compatible inference on Ray Serve (/v1/models, /v1/chat/completions, /v1/completions)."""
     from rayalign.config_io import load_config
-    from rayalign.serve.deploy import run_server, stop_detached
+    from rayalign.serve.deploy import stop_detached
 
     if config is None and model is None and not stop:
         raise UserError("serve needs -c CONFIG or --model PATH_OR_NAME")
@@ -90,7 +80,28 @@ def serve(ctx: typer.Context,
     if stop:
         stop_detached(cfg.serve.app_name, typer.echo)
     else:
-        run_server(cfg.model, cfg.serve, detach=detach, echo=typer.echo)
+        _serve_until_ctrl_c(cfg, detach)
+
+
+def _serve_until_ctrl_c(cfg, detach: bool) -> None:
+    """``api.serve``, then (unless ``--detach`` leaves the app on a running cluster) wait for Ctrl-C and stop it."""
+    from rayalign import api, local_ray
+
+    if detach and local_ray.starts_local():
+        raise UserError("--detach needs a running Ray cluster to leave the app on (ray start --head)")
+    server = api.serve(cfg, echo=typer.echo)
+    if detach:
+        typer.echo(f"detached: the app '{server.app_name}' keeps running on the cluster (rayalign serve --stop to "
+                   "delete it)")
+        return
+    typer.echo("Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        server.stop()
 
 
 @app.command(context_settings=OVERRIDES)
@@ -99,19 +110,9 @@ def judge(ctx: typer.Context, config: Path = typer.Option(..., "-c", "--config",
           output: Path = typer.Option(..., "--output", "-o", help="JSONL: the rows plus judge_score etc."),
           force: bool = ForceOpt) -> None:
     """Score a dataset with an LLM judge (a local model on Ray Serve, or an OpenAI-compatible URL)."""
-    from rayalign.config import JudgeConfig
-    from rayalign.config_io import load_config
-    from rayalign.judge.dataset import score_file
-    from rayalign.judge.judge import Judge
-    from rayalign.judge.service import endpoint, release
-    from rayalign.outputs import check_file
+    from rayalign import api
 
-    cfg = load_config(config, ctx.args, kind=JudgeConfig)
-    check_file(output, "--output", force)
-    try:
-        score_file(Judge(cfg, endpoint(cfg)), source, output, typer.echo)
-    finally:
-        release(cfg)
+    api.judge(config, source, output, ctx.args, force=force, echo=typer.echo)
 
 
 @app.command()
@@ -160,13 +161,9 @@ def evaluate(ctx: typer.Context,
         raise UserError("--plot goes with --compare A/results.json B/results.json")
     if config is None:
         raise UserError("evaluate needs -c CONFIG (or --compare A/results.json B/results.json)")
-    from rayalign.config import EvalConfig
-    from rayalign.config_io import load_config
-    from rayalign.evaluate.run import evaluate as run_eval, results_path
+    from rayalign import api
 
-    cfg = load_config(config, ctx.args, kind=EvalConfig)
-    check_file(results_path(cfg), "output_dir", force)
-    run_eval(cfg, typer.echo)
+    api.evaluate(config, ctx.args, force=force, echo=typer.echo)
 
 
 @app.command("compare")
@@ -221,8 +218,7 @@ def infer(ctx: typer.Context,
           force: bool = ForceOpt) -> None:
     """Chat with a model in the terminal, or generate for a JSONL file over Ray workers."""
     from rayalign.config_io import load_config
-    from rayalign import infer as run
-    from rayalign.outputs import check_file
+    from rayalign import inference as run
 
     if config is None and model is None:
         raise UserError("infer needs -c CONFIG or --model PATH_OR_NAME")
@@ -232,13 +228,13 @@ def infer(ctx: typer.Context,
         raise UserError("--input needs --output FILE")
     if interactive and output is not None:
         raise UserError("--output goes with --input FILE, not --interactive")
+    if not interactive:
+        from rayalign import api
+
+        api.infer(config, source, output, ctx.args, model=model, force=force, echo=typer.echo)
+        return
     cfg = load_config(config, (["--model.name_or_path", model] if model else []) + ctx.args)
-    if output is not None:
-        check_file(output, "--output", force)
-    if interactive:
-        run.interactive(cfg.model, cfg.infer, input, lambda text: typer.echo(text, nl=False))
-    else:
-        run.batch(cfg.model, cfg.infer, source, output, typer.echo)
+    run.interactive(cfg.model, cfg.infer, input, lambda text: typer.echo(text, nl=False))
 
 
 @app.command(context_settings=OVERRIDES)
@@ -248,13 +244,9 @@ def tune(ctx: typer.Context, config: Path = ConfigOpt,
          resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep (finished trials kept)")
          ) -> None:
     """Hyperparameter sweep on Ray Tune over any recipe key (tune: section), for every trainer."""
-    from rayalign.config_io import load_config
-    from rayalign.tune import run
+    from rayalign import api
 
-    cfg = load_config(config, ctx.args + (["--training.output_dir", str(output_dir)] if output_dir else []))
-    if cfg.data is None:
-        raise UserError(f"{config}: data: required key is missing (a sweep trains: it needs data.train)")
-    run(cfg, echo=typer.echo, resume=resume)
+    api.tune(config, ctx.args, output_dir=output_dir, resume=resume, echo=typer.echo)
 
 
 @data_app.command("validate")
@@ -290,29 +282,9 @@ def data_make(
     force: bool = ForceOpt,
 ) -> None:
     """Generate a built-in verifiable task as JSONL in any data format (visual tasks: with their PNGs)."""
-    from rayalign.data.formats import VL_FORMATS
-    from rayalign.data.tasks import TASKS, generate, to_row
-    from rayalign.data.visual_tasks import VISUAL_TASKS, generate_visual, write_rows
-    from rayalign.outputs import check_file, write_text
+    from rayalign import api
 
-    if task not in TASKS and task not in VISUAL_TASKS:
-        raise UserError(f"unknown task '{task}' (known: {', '.join([*TASKS, *VISUAL_TASKS])})")
-    _check_format(fmt)
-    visual = task in VISUAL_TASKS
-    if visual != (fmt in VL_FORMATS):
-        kind, takes = ("a visual", ", ".join(VL_FORMATS)) if visual else ("a text", "sft, preference, kto, prompt, text")
-        raise UserError(f"--format: {task} is {kind} task; its formats are {takes}, not '{fmt}'")
-    check_file(out, "--out", force)
-    try:
-        examples = (generate_visual if visual else generate)(task, n, seed, split)
-    except KeyError as exc:
-        raise UserError(f"--split: {exc.args[0]}") from None
-    if visual:
-        images = write_rows(examples, fmt, out)
-        typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}, their images in {images}")
-        return
-    write_text(out, "".join(json.dumps(to_row(ex, fmt, i)) + "\n" for i, ex in enumerate(examples)))
-    typer.echo(f"wrote {n} '{fmt}' rows of {task} to {out}")
+    api.make_data(task, out, n=n, format=fmt, seed=seed, split=split, force=force, echo=typer.echo)
 
 
 @data_app.command("pairs")
@@ -343,19 +315,10 @@ def models_create_tiny(
     force: bool = ForceOpt,
 ) -> None:
     """Write a tiny random HF model with a task-trained BPE tokenizer (loads in HF and vLLM)."""
-    from rayalign.models.tiny import ARCHS, check_sizes, create_tiny
-    from rayalign.models.tiny_vlm import VL_ARCHS, create_tiny_vlm
-    from rayalign.outputs import check_dir, staged
+    from rayalign import api
 
-    if arch not in ARCHS + VL_ARCHS:
-        raise UserError(f"--arch must be one of {', '.join(ARCHS + VL_ARCHS)}, got '{arch}'")
-    vision = arch in VL_ARCHS
-    check_sizes("qwen2" if vision else arch, hidden, vocab)  # a VLM's language model is the tiny text model
-    check_dir(out, "OUT", force)
-    with staged(out) as tmp:
-        (create_tiny_vlm if vision else create_tiny)(tmp, arch=arch, layers=layers, hidden=hidden, vocab=vocab,
-                                                     seed=seed)
-    typer.echo(f"tiny {arch} model written to {out}")
+    api.create_tiny_model(out, arch=arch, layers=layers, hidden=hidden, vocab=vocab, seed=seed, force=force,
+                          echo=typer.echo)
 
 
 @config_app.command("explain", context_settings=OVERRIDES)

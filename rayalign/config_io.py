@@ -229,12 +229,13 @@ def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, where: str = "") 
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
-                kind: type[C] = RecipeConfig) -> C:
+                kind: type[C] = RecipeConfig, updates: dict[str, Any] | None = None) -> C:
     """Load a config (a recipe, or ``kind``: a judge or an evaluation) from YAML, apply ``--key value``
-    overrides, validate."""
+    overrides and then ``updates`` (dotted keys to Python values, the API's overrides), validate."""
     file = Path(path) if path is not None else None
     data, root = _read_yaml(file) if file is not None else ({}, None)
-    return _validate(data, _Source(file, root, []), parse_overrides(overrides), kind)
+    parsed = parse_overrides(overrides) + [(parse_key_path(key), value) for key, value in (updates or {}).items()]
+    return _validate(data, _Source(file, root, []), parsed, kind)
 
 
 def recipes_writing(directory: str | Path, root: Path = Path("configs/recipes")) -> list[Path]:
@@ -252,11 +253,11 @@ def recipes_writing(directory: str | Path, root: Path = Path("configs/recipes"))
     return found
 
 
-def with_overrides(cfg: RecipeConfig, updates: dict[str, Any]) -> RecipeConfig:
-    """Python-API twin of CLI overrides: ``with_overrides(cfg, {"training.max_steps": 5})``."""
+def with_overrides(cfg: C, updates: dict[str, Any]) -> C:
+    """Python-API twin of CLI overrides: ``with_overrides(cfg, {"training.max_steps": 5})`` (a recipe, a judge
+    or an evaluation config: the result is of the same kind)."""
     parsed = [(parse_key_path(key), value) for key, value in updates.items()]
-    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), parsed,
-                     RecipeConfig)
+    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), parsed, type(cfg))
 
 
 def _validate(data: dict, source: "_Source", overrides: list[tuple[KeyPath, Any]], kind: type[C]) -> C:

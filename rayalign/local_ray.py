@@ -26,7 +26,7 @@ def ensure(**init_kwargs) -> None:
     if ray.is_initialized():
         return
     before = os.environ.get(API)
-    if _starts_local() and init_kwargs.get("include_dashboard") is not False and "dashboard_port" not in init_kwargs:
+    if starts_local() and init_kwargs.get("include_dashboard") is not False and "dashboard_port" not in init_kwargs:
         # Ray's State API finds "the" local Ray by looking for GCS processes and gives up when there are
         # two (another user's, a test suite's); Ray Train's placement-group cleaner, in our workers, uses
         # it. So the dashboard gets a known port, named to the raylet (whose workers inherit its
@@ -47,7 +47,7 @@ def ensure(**init_kwargs) -> None:
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _starts_local() -> bool:
+def starts_local() -> bool:
     """Whether ``ray.init()`` will start a Ray here rather than join one (as Ray decides: ``RAY_ADDRESS``,
     else the address file ``ray start`` leaves)."""
     from ray._common.utils import get_ray_address_file

@@ -20,7 +20,7 @@ from ray.serve.schema import ApplicationStatus
 
 from rayalign.config import ModelConfig, ServeConfig
 from rayalign.errors import UserError
-from rayalign.serve.server import OpenAIServer, served_name
+from rayalign.serve.server import OpenAIServer
 
 
 class DeployError(UserError):
@@ -104,29 +104,7 @@ def wait_running(name: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def run_server(model: ModelConfig, cfg: ServeConfig, *, detach: bool, echo: Callable[[str], None]) -> None:
-    """The ``rayalign serve`` command: connect to (or start) Ray, deploy, and serve until Ctrl-C."""
-    try:
-        ray.init(address="auto" if detach else None, log_to_driver=False)
-    except ConnectionError:
-        raise UserError("--detach needs a running Ray cluster to leave the app on (ray start --head)") from None
-    url = deploy(model, cfg)
-    key = " (Bearer key required)" if api_key(cfg) else ""
-    echo(f"serving '{cfg.served_model_name or served_name(model)}' at {url}{key}")
-    if detach:
-        echo(f"detached: the app '{cfg.app_name}' keeps running on the cluster (rayalign serve --stop to delete it)")
-        return
-    echo("Ctrl-C to stop")
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        echo("stopping")
-    finally:
-        _delete(cfg.app_name)
-
-
-def _delete(name: str, wait_s: float = 30.0) -> None:
+def delete(name: str, wait_s: float = 30.0) -> None:
     """Delete the app, waiting at most ``wait_s`` (a Ctrl-C must not hang on a slow replica shutdown; a
     local Ray goes down with this process anyway)."""
     serve.delete(name, _blocking=False)

@@ -11,7 +11,7 @@ from rayalign.data.collate import tokenize_prompt
 from rayalign.data.tasks import generate, to_row
 from rayalign.engines.base import SamplingSpec
 from rayalign.engines.hf_engine import HFEngine
-from rayalign.infer import interactive
+from rayalign.inference import interactive
 
 
 def run_batch(tmp_path, model_dir, name, workers, chunk, capsys):

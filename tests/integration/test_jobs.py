@@ -177,3 +177,18 @@ def test_grpo_job_stopped_then_resumed_through_the_python_client(head, tiny_mode
     resumed = client.submit_job(entrypoint="rayalign train -c grpo.yaml --resume", runtime_env=runtime_env)
     assert wait_status(client, resumed) == "SUCCEEDED", client.get_job_logs(resumed)[-3000:]
     assert [m["step"] for m in read_metrics(out)] == list(range(1, stopped_at + 3))
+
+
+def test_the_driver_script_as_a_ray_job(head, tmp_path):
+    """Issue 22: ``examples/driver.py`` submitted with ``JobSubmissionClient``: on the job's cluster every API call
+    joins the job's Ray, and the job succeeds with the driver's report in its logs."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(head[0])
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    job_id = client.submit_job(entrypoint=f"python driver.py --out {tmp_path / 'run'} --quick --port {free_port()}",
+                               runtime_env={"working_dir": str(examples)})
+    assert wait_status(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)[-3000:]
+    logs = client.get_job_logs(job_id)
+    assert "dpo: held-out accuracy" in logs and "asked about 'carrot', it said" in logs
+    assert (tmp_path / "run" / "dpo" / "final" / "model.safetensors").is_file()

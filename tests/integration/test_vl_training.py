@@ -127,7 +127,7 @@ def test_infer_answers_vl_rows_and_names_a_missing_image_with_its_line(vl_sft_fi
 
     from rayalign.config import InferConfig
     from rayalign.errors import DataError
-    from rayalign.infer import batch
+    from rayalign.inference import batch
 
     _, final = vl_sft_final
     examples = generate_visual("colour", 8, seed=21)
