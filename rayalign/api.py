@@ -66,7 +66,7 @@ def make_data(task: str, out: str | Path, *, n: int = 100, format: str = "prompt
     """Write ``n`` rows of a built-in verifiable task (``letter_count | arithmetic | countdown``; visual:
     ``colour | shape_count | shape_colour``, with their PNGs) as JSONL in ``format`` (``sft | preference | kto |
     prompt | text``; visual: ``vl_sft | vl_prompt``). ``split="test"``: letter_count's held-out words."""
-    from rayalign.data.formats import CHECKS, VL_FORMATS
+    from rayalign.data.formats import VL_FORMATS, check_format
     from rayalign.data.tasks import TASKS, generate, to_row
     from rayalign.data.visual_tasks import VISUAL_TASKS, generate_visual, write_rows
     from rayalign.outputs import check_file, write_text
@@ -74,8 +74,7 @@ def make_data(task: str, out: str | Path, *, n: int = 100, format: str = "prompt
     out = Path(out)
     if task not in TASKS and task not in VISUAL_TASKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join([*TASKS, *VISUAL_TASKS])})")
-    if format not in CHECKS:
-        raise UserError(f"--format must be one of {', '.join(CHECKS)}, got '{format}'")
+    check_format(format)
     visual = task in VISUAL_TASKS
     if visual != (format in VL_FORMATS):
         kind, takes = ("a visual", ", ".join(VL_FORMATS)) if visual else ("a text", "sft, preference, kto, prompt, text")
@@ -247,14 +246,14 @@ def serve(config: str | Path | RecipeConfig | None = None, overrides: Overrides 
     and return once it answers. It keeps serving until ``stop()`` or until the Ray it runs on ends."""
     from rayalign import local_ray
     from rayalign.serve.deploy import api_key, deploy
-    from rayalign.serve.server import served_name
+    from rayalign.serve.server import model_id
 
     if config is None and model is None:
         raise UserError("serve needs a config or model=PATH_OR_NAME")
     cfg = resolve(config, _with_model(overrides, model))
     local_ray.ensure(log_to_driver=False)
     url = deploy(cfg.model, cfg.serve)
-    name = cfg.serve.served_model_name or served_name(cfg.model)
+    name = model_id(cfg.model, cfg.serve)
     key = api_key(cfg.serve)
     echo(f"serving '{name}' at {url}" + (" (Bearer key required)" if key else ""))
     return Server(url, name, cfg.serve.app_name, key)

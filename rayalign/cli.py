@@ -31,14 +31,6 @@ ConfigOpt = typer.Option(..., "-c", "--config", help="recipe YAML file")
 ForceOpt = typer.Option(False, "--force", help="replace an output that already exists")
 
 
-def _check_format(fmt: str) -> str:
-    from rayalign.data.formats import CHECKS
-
-    if fmt not in CHECKS:
-        raise UserError(f"--format must be one of {', '.join(CHECKS)}, got '{fmt}'")
-    return fmt
-
-
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")) -> None:
     """rayalign: SFT, pretraining, DPO family, GRPO-family RL, evaluation, serving and an LLM judge."""
@@ -256,9 +248,10 @@ def data_validate(
     max_report: int = typer.Option(20, help="bad rows to list"),
 ) -> None:
     """Check every row of a dataset; list bad rows with their line numbers."""
+    from rayalign.data.formats import check_format
     from rayalign.data.loading import validate_file
 
-    report = validate_file(file, _check_format(fmt), max_report)
+    report = validate_file(file, check_format(fmt), max_report)
     for line in report.bad:
         typer.echo(line)
     if report.rows == 0:

@@ -234,8 +234,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     overrides and then ``updates`` (dotted keys to Python values, the API's overrides), validate."""
     file = Path(path) if path is not None else None
     data, root = _read_yaml(file) if file is not None else ({}, None)
-    parsed = parse_overrides(overrides) + [(parse_key_path(key), value) for key, value in (updates or {}).items()]
-    return _validate(data, _Source(file, root, []), parsed, kind)
+    return _validate(data, _Source(file, root, []), parse_overrides(overrides) + _parsed(updates or {}), kind)
 
 
 def recipes_writing(directory: str | Path, root: Path = Path("configs/recipes")) -> list[Path]:
@@ -256,8 +255,13 @@ def recipes_writing(directory: str | Path, root: Path = Path("configs/recipes"))
 def with_overrides(cfg: C, updates: dict[str, Any]) -> C:
     """Python-API twin of CLI overrides: ``with_overrides(cfg, {"training.max_steps": 5})`` (a recipe, a judge
     or an evaluation config: the result is of the same kind)."""
-    parsed = [(parse_key_path(key), value) for key, value in updates.items()]
-    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), parsed, type(cfg))
+    return _validate(cfg.model_dump(mode="json", exclude_unset=True), _Source(None, None, []), _parsed(updates),
+                     type(cfg))
+
+
+def _parsed(updates: dict[str, Any]) -> list[tuple[KeyPath, Any]]:
+    """Dotted keys to Python values (the API's overrides) as parsed overrides."""
+    return [(parse_key_path(key), value) for key, value in updates.items()]
 
 
 def _validate(data: dict, source: "_Source", overrides: list[tuple[KeyPath, Any]], kind: type[C]) -> C:

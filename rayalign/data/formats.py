@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rayalign.errors import UserError
+
 ROLES = ("system", "user", "assistant", "tool")
 Problems = list[tuple[str, str]]
 
@@ -189,6 +191,13 @@ CHECKS: dict[str, Callable[[dict], Problems]] = {
     "vl_prompt": check_vl_prompt,
 }
 VL_FORMATS = ("vl_sft", "vl_prompt")
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` when it names a data format; else a UserError naming ``--format`` and the formats."""
+    if fmt not in CHECKS:
+        raise UserError(f"--format must be one of {', '.join(CHECKS)}, got '{fmt}'")
+    return fmt
 
 
 def check_row(row: Any, fmt: str) -> Problems:

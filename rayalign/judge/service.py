@@ -17,12 +17,12 @@ def endpoint(cfg: JudgeConfig) -> Endpoint:
         return Endpoint(cfg.base_url, cfg.model_name or "", os.environ.get(cfg.api_key_env))
     from rayalign import local_ray
     from rayalign.serve.deploy import api_key, deploy
-    from rayalign.serve.server import served_name
+    from rayalign.serve.server import model_id
 
     assert cfg.model is not None  # config validation: exactly one of model and base_url
     local_ray.ensure(log_to_driver=False)  # joins a running cluster (RAY_ADDRESS or `ray start`), else starts one
     url = deploy(cfg.model, cfg.serve)
-    return Endpoint(url, cfg.serve.served_model_name or served_name(cfg.model), api_key(cfg.serve))
+    return Endpoint(url, model_id(cfg.model, cfg.serve), api_key(cfg.serve))
 
 
 def release(cfg: JudgeConfig) -> None:

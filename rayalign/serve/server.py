@@ -54,6 +54,11 @@ def served_name(model: ModelConfig) -> str:
     return "/".join(path.parts[-2:]) if path.is_absolute() or path.exists() else model.name_or_path
 
 
+def model_id(model: ModelConfig, cfg: ServeConfig) -> str:
+    """The id requests name: ``serve.served_model_name``, else ``served_name(model)``."""
+    return cfg.served_model_name or served_name(model)
+
+
 def _quoted(value: str) -> str:
     return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + f"... ({len(value)} characters)"
 
@@ -133,7 +138,7 @@ class OpenAIServer:
                                    gpu_memory_utilization=cfg.gpu_memory_utilization,
                                    kv_cache_gib=cfg.kv_cache_gib, use_gpu=cfg.num_gpus > 0, streaming=True)
         self.logprobs = TokenText(self.tokenizer)
-        self.name = cfg.served_model_name or served_name(model)
+        self.name = model_id(model, cfg)
         self.api_key = api_key
         self.created = int(time.time())
         self.queue = Queue(cfg)
